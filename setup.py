@@ -1,0 +1,26 @@
+"""Setup for tomocorioc: automatic centre-of-rotation and reconstruction service."""
+from setuptools import find_packages, setup
+
+setup(
+    name="tomocorioc",
+    version="0.1.0",
+    description="Automatic centre-of-rotation and reconstruction pipeline for tomography beamlines",
+    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["tomocorioc", "tomocorioc.*"]),
+    python_requires=">=3.9",
+    install_requires=[
+        "numpy>=1.22",
+        "h5py>=3.6",
+        "tifffile>=2022.5",
+        "torch>=2.0",
+        "torchvision>=0.15",
+        "timm>=0.9",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "pytest-timeout>=2"],
+        "bench": ["algotom>=1.6", "scikit-image>=0.21", "psutil>=5"],
+    },
+    entry_points={"console_scripts": ["tomocorioc=tomocorioc.cli:main"]},
+)

@@ -1,0 +1,195 @@
+"""Command line: ``tomocorioc run | simulate | demo``.
+
+The CLI is the only place that prints; everything below it logs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Iterable, List, Optional, Sequence
+
+from .core.params import FILTERS, STRIPE_METHODS, ParamError, ReconParams
+from .cor.classical import DEFAULT_METRIC, METRICS
+from .pipeline import COR_METHODS, PHASES, FileResult, Pipeline, RunOptions
+
+log = logging.getLogger("tomocorioc")
+
+H5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".nxs")
+
+
+def expand_inputs(items: Sequence[str]) -> List[Path]:
+    """Files as given, directories expanded to their HDF5 files (sorted), duplicates dropped."""
+    out: List[Path] = []
+    seen = set()
+    for item in items:
+        p = Path(item)
+        found = sorted(q for q in p.iterdir() if q.suffix.lower() in H5_SUFFIXES and q.is_file()) \
+            if p.is_dir() else [p]
+        if p.is_dir() and not found:
+            log.warning("%s: directory holds no HDF5 files", p)
+        for q in found:
+            key = str(q.resolve()) if q.exists() else str(q)
+            if key not in seen:
+                seen.add(key)
+                out.append(q)
+    return out
+
+
+def _add_recon_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("reconstruction")
+    g.add_argument("--backend", choices=("auto", "torch", "tomocupy"), default="auto",
+                   help="auto: tomocupy when on PATH, else torch (default)")
+    g.add_argument("--tomocupy", metavar="PATH", help="tomocupy program to run (default: from PATH)")
+    g.add_argument("--device", help="torch device, e.g. cuda, cuda:1, cpu (default: cuda if available)")
+    g.add_argument("--search-width", type=float, default=50.0, help="try grid half width, px (default 50)")
+    g.add_argument("--search-step", type=float, default=0.5, help="try grid step, px (default 0.5)")
+    g.add_argument("--nsino", type=float, default=0.5, help="try row: 0 top .. 1 bottom (default 0.5)")
+    g.add_argument("--rotation-axis", type=float, help="centre of the try grid (default: width/2, or the "
+                   "sinogram estimate when the axis is far off-centre)")
+    g.add_argument("--binning", type=int, default=0, choices=(0, 1, 2, 3), help="bin by 2**N")
+    g.add_argument("--filter", dest="fbp_filter", choices=FILTERS, default="parzen")
+    g.add_argument("--remove-stripe", dest="remove_stripe_method", choices=STRIPE_METHODS, default="none")
+    g.add_argument("--dezinger", type=int, default=0, help="dezinger window width (odd; 0 = off)")
+    g.add_argument("--dezinger-threshold", type=float, default=5000.0, help="counts above the median")
+    g.add_argument("--nsino-per-chunk", type=int, default=8, help="rows per chunk in full reconstruction")
+    g.add_argument("--full-format", choices=("tiff", "h5"), default="tiff")
+
+
+def _params(args: argparse.Namespace) -> ReconParams:
+    return ReconParams(search_width=args.search_width, search_step=args.search_step, nsino=args.nsino,
+                       rotation_axis=args.rotation_axis, binning=args.binning, fbp_filter=args.fbp_filter,
+                       remove_stripe_method=args.remove_stripe_method, dezinger=args.dezinger,
+                       dezinger_threshold=args.dezinger_threshold, nsino_per_chunk=args.nsino_per_chunk,
+                       full_format=args.full_format)
+
+
+def make_backend(name: str, tomocupy: Optional[str] = None, device: Optional[str] = None):
+    """The reconstruction backend by name ('auto' prefers tomocupy when installed)."""
+    from .recon.tomocupy_backend import TomocupyBackend, find_tomocupy
+    if name == "tomocupy" or (name == "auto" and find_tomocupy(tomocupy)):
+        return TomocupyBackend(tomocupy)
+    from .recon.torch_backend import TorchBackend
+    return TorchBackend(device)
+
+
+class _Progress:
+    """A tqdm bar per phase on a terminal; silent otherwise."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._bar = None
+        self._key = None
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+        if self._key != phase or self._bar is None:
+            self.close()
+            self._bar, self._key = tqdm(total=total, desc=phase, unit="sl", leave=False, file=sys.stderr), phase
+        self._bar.n = done
+        self._bar.refresh()
+        if done >= total:
+            self.close()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        self._bar, self._key = None, None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the phases over files and directories; exit 1 if any file failed."""
+    try:
+        params = _params(args)
+        phases = [p.strip() for p in args.phases.split(",") if p.strip()]
+        options = RunOptions(phases=phases, cor_method=args.cor_method, model=args.model,
+                             metric=args.metric, manual_cor=args.cor)
+        backend = make_backend(args.backend, args.tomocupy, args.device)
+    except (ParamError, ValueError, RuntimeError) as exc:
+        print(f"tomocorioc run: {exc}", file=sys.stderr)
+        return 2
+    files = expand_inputs(args.inputs)
+    if not files:
+        print("tomocorioc run: no input files", file=sys.stderr)
+        return 2
+    progress = _Progress(sys.stderr.isatty() and not args.json)
+    pipe = Pipeline(backend, params, options, progress)
+    results = []
+    for f in files:
+        res = pipe.run_file(f)
+        progress.close()
+        results.append(res)
+        _report(res, args.json)
+    return 0 if all(r.status == "ok" for r in results) else 1
+
+
+def _report(res: FileResult, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(res.to_json()), flush=True)
+        return
+    if res.status == "ok":
+        cor = f"{res.cor:.2f}" if res.cor is not None else "-"
+        conf = f"{res.confidence:.2f}" if res.confidence is not None else "-"
+        flag = "  NEEDS REVIEW" if res.needs_review else ""
+        print(f"OK      {res.file}  cor={cor} ({res.cor_source or '-'}, confidence {conf}){flag}", flush=True)
+    else:
+        print(f"FAILED  {res.file}  {res.error}", flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser."""
+    from .sim.command import add_simulate_arguments
+    ap = argparse.ArgumentParser(prog="tomocorioc", description=__doc__.splitlines()[0])
+    ap.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="try -> infer -> full for files or directories")
+    run.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR")
+    run.add_argument("--phases", default=",".join(PHASES), help="comma list of try,infer,full (default all)")
+    run.add_argument("--cor-method", choices=COR_METHODS, default="auto",
+                     help="auto: ai when --model is given, else classical")
+    run.add_argument("--model", type=Path, help="tomocor checkpoint (.pt) for the AI scorer")
+    run.add_argument("--metric", choices=METRICS, default=DEFAULT_METRIC, help="classical image metric")
+    run.add_argument("--cor", type=float, help="manual COR for the full phase when infer is not run")
+    run.add_argument("--json", action="store_true", help="one JSON object per file on stdout")
+    _add_recon_args(run)
+    run.set_defaults(func=cmd_run)
+
+    sim = sub.add_parser("simulate", help="write simulated DXfile scans with a known COR")
+    add_simulate_arguments(sim)
+    sim.set_defaults(func=_cmd_simulate)
+
+    demo = sub.add_parser("demo", help="simulate a short series and run the whole pipeline on it")
+    demo.add_argument("--outdir", type=Path, help="where to write (default: a new temporary folder)")
+    demo.add_argument("--n", type=int, default=3, help="number of scans (default 3)")
+    demo.add_argument("--width", type=int, default=256)
+    demo.add_argument("--device")
+    demo.set_defaults(func=_cmd_demo)
+    return ap
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from .sim.command import run_simulate
+    return run_simulate(args)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+    return run_demo(args)
+
+
+def main(argv: Optional[Iterable[str]] = None) -> int:
+    """Entry point of the ``tomocorioc`` program."""
+    ap = build_parser()
+    args = ap.parse_args(list(argv) if argv is not None else None)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
