@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 # call.  Small temporaries stay in cache and avoid page faults from fresh large
 # allocations, which cost more than the arithmetic here.
 _BUDGET = 1 << 16
+_F32_PEAK = 100.0
 
 
 def _angle_terms(a: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> Tuple[np.ndarray, ...]:
@@ -130,7 +131,7 @@ def _add_shape(out: np.ndarray, shape: Shape, cos: np.ndarray, sin: np.ndarray, 
     # Small shapes are evaluated in float32: the rounding error of the segment
     # integral is ~1e-7 * 2|amp| w^2, kept below 1e-5 of a line integral.
     peak = float(np.max(2.0 * np.abs(terms.amp) * terms.alpha / terms.muu))
-    dtype = np.float32 if (not cylinder and peak < 100.0) else np.float64
+    dtype = np.float32 if (not cylinder and peak < _F32_PEAK) else np.float64
     if col_samples == 0:
         offsets = np.arange(width + 1, dtype=np.float64)
         # Exact mode: integral of the chord over a cell = amp w^2 * segment.
