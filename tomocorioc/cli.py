@@ -118,6 +118,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     progress = _Progress(sys.stderr.isatty() and not args.json)
     pipe = Pipeline(backend, params, options, progress)
+    if "infer" in options.phases:
+        try:
+            pipe.load_model()  # once for all files; a bad checkpoint is a usage error
+        except (ValueError, OSError, RuntimeError) as exc:
+            print(f"tomocorioc run: {exc}", file=sys.stderr)
+            return 2
     results = []
     for f in files:
         res = pipe.run_file(f)
@@ -186,7 +192,9 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
     """Entry point of the ``tomocorioc`` program."""
     ap = build_parser()
     args = ap.parse_args(list(argv) if argv is not None else None)
-    level = logging.WARNING - 10 * min(args.verbose, 2)
+    # simulate reports each file it writes; the other commands stay quiet unless asked.
+    base = logging.INFO if args.command == "simulate" else logging.WARNING
+    level = max(logging.DEBUG, base - 10 * min(args.verbose, 2))
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     return int(args.func(args))
 

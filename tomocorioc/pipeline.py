@@ -120,6 +120,11 @@ class Pipeline:
             return None
         return lambda done, total: self.progress(phase, done, total)
 
+    def load_model(self) -> None:
+        """Load the AI model now (when configured), so a bad checkpoint fails the run up front."""
+        if self._use_ai():
+            self._ai_scorer()
+
     def _ai_scorer(self):
         if self._scorer is None:
             from .ai import AIScorer  # local: torch/timm model code only when AI is used
@@ -127,7 +132,7 @@ class Pipeline:
         return self._scorer
 
     def _use_ai(self) -> bool:
-        return self.options.cor_method == "ai" or (self.options.cor_method == "auto" and self.options.model)
+        return self.options.cor_method == "ai" or (self.options.cor_method == "auto" and bool(self.options.model))
 
     # -- phases -----------------------------------------------------------------
     def run_file(self, path: Path) -> FileResult:

@@ -29,21 +29,24 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="relative per-column gain error in the projections only (ring artefacts), e.g. 0.01")
     parser.add_argument("--zingers", type=float, default=d.zingers,
                         help="fraction of projection pixels hit by zingers, e.g. 1e-4")
-    parser.add_argument("--phantom", default=d.phantom, choices=sorted(PHANTOMS), help=f"sample kind (default {d.phantom})")
+    parser.add_argument("--phantom", default=d.phantom, choices=sorted(PHANTOMS),
+                        help=f"sample kind (default {d.phantom})")
     parser.add_argument("--series", default="sample", metavar="NAME",
                         help="file-name prefix: NAME_0001.h5, NAME_0002.h5 ... (default sample)")
     parser.add_argument("--no-endpoint", dest="endpoint", action="store_false",
                         help="theta in [0, 180) instead of [0, 180]")
     parser.add_argument("--flats", type=int, default=d.nflat, help=f"flat-field frames (default {d.nflat})")
     parser.add_argument("--darks", type=int, default=d.ndark, help=f"dark-field frames (default {d.ndark})")
-    parser.add_argument("--contiguous", action="store_true", help="contiguous /exchange/data instead of one chunk per frame")
+    parser.add_argument("--contiguous", action="store_true",
+                        help="contiguous /exchange/data instead of one chunk per frame")
     parser.add_argument("--aborted-index", type=int, default=None, metavar="I",
                         help="0-based index of a scan that is aborted (fewer frames, no theta)")
     parser.add_argument("--abort-fraction", type=float, default=d.abort_fraction,
                         help=f"fraction of projections an aborted scan writes (default {d.abort_fraction:g})")
     parser.add_argument("--outlier-index", type=int, default=None, metavar="I",
                         help="0-based index of a scan whose COR jumps by --outlier-jump")
-    parser.add_argument("--outlier-jump", type=float, default=30.0, metavar="PX", help="outlier COR jump in px (default 30)")
+    parser.add_argument("--outlier-jump", type=float, default=30.0, metavar="PX",
+                        help="outlier COR jump in px (default 30)")
     parser.add_argument("--seed", type=int, default=d.seed, help="sample/instrument seed (default 0)")
     parser.add_argument("--workers", type=int, default=None, help="simulation threads (default: up to 4 cores)")
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, replace
-from typing import Callable, Dict, List, Tuple, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -282,15 +282,15 @@ def fibers(radius: float, nrows: int, seed: int = 0, busy: float = 10.0) -> Phan
         ell = Ellipsoid((0.0, 0.0, 0.0), (length, rf, rf * rng.uniform(0.7, 1.0)), 0.0,
                         _as_matrix3(frame))
         reach = ell.bounding_radius()
-        x, y = _random_in_disk(rng, b - reach - 1.0)
-        x, y = x + cx, y + cy
-        lo, hi = ell.z_extent()
-        z = rng.uniform(-0.7 * hi, nrows + 0.7 * hi)
         if b - reach - 1.0 <= 0:
             misses += 1
             continue
         misses = 0
-        hz = hi
+        # Centred within b - reach of the matrix centre: inside the matrix and the field of view.
+        x, y = _random_in_disk(rng, b - reach - 1.0)
+        x, y = x + cx, y + cy
+        _, hz = ell.z_extent()
+        z = rng.uniform(-0.7 * hz, nrows + 0.7 * hz)
         hu = math.sqrt(float(ell.shape_matrix()[:2, :2].trace()))
         used += _footprint(hu, hz, nrows)
         dens = matrix_density * rng.uniform(2.0, 6.0)
@@ -353,17 +353,24 @@ PHANTOMS: Dict[str, PhantomBuilder] = {
 }
 
 
-def make_phantom(kind: str, radius: float, nrows: int, seed: int = 0) -> Phantom:
-    """Build phantom ``kind`` that fits in ``radius`` pixels around the axis over ``nrows`` rows."""
+def make_phantom(kind: str, radius: float, nrows: int, seed: int = 0,
+                 max_attenuation: Optional[float] = 1.5) -> Phantom:
+    """Phantom ``kind`` within ``radius`` px of the axis over ``nrows`` rows, peak line integral ~max_attenuation."""
     try:
         builder = PHANTOMS[kind]
     except KeyError:
         raise ValueError(f"unknown phantom {kind!r}; choose one of {', '.join(sorted(PHANTOMS))}") from None
     if not radius > 2:
         raise ValueError(f"phantom radius must be > 2 px, got {radius}")
+    if nrows < 1:
+        raise ValueError(f"nrows must be >= 1, got {nrows}")
     phantom = builder(float(radius), int(nrows), seed=int(seed))
     log.debug("phantom %s seed %d: %d shapes, radius %.1f", kind, seed, len(phantom.shapes), radius)
-    return phantom
+    if max_attenuation is None:
+        return phantom
+    # Imported here: the projector depends on this module.
+    from .projector import normalised
+    return normalised(phantom, int(nrows), float(max_attenuation))
 
 
 def evaluate(phantom: Phantom, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:

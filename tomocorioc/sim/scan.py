@@ -12,11 +12,11 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
+import uuid
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Deque, Dict, List, Optional, Tuple, Union
 
@@ -24,7 +24,7 @@ import h5py
 import numpy as np
 
 from .phantoms import PHANTOMS, Phantom, make_phantom
-from .projector import normalised, project
+from .projector import project
 
 try:  # POSIX advisory lock so concurrent writers do not lose truth entries.
     import fcntl
@@ -139,12 +139,13 @@ class SimConfig:
 # ---------------------------------------------------------------- truth file
 
 
-def _truth_lock(folder: Path) -> Any:
-    """Open (and lock) the lock file guarding ``truth.json``; returns the handle."""
-    handle = open(folder / (TRUTH_FILE + ".lock"), "a+")
-    if fcntl is not None:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-    return handle
+def _lock_folder(folder: Path) -> Optional[int]:
+    """Exclusive advisory lock on the folder itself (no lock file left behind); returns the fd."""
+    if fcntl is None:  # pragma: no cover - Windows: no locking
+        return None
+    fd = os.open(folder, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
 
 
 def read_truth(folder: Union[str, Path]) -> Dict[str, Dict[str, Any]]:
@@ -164,29 +165,30 @@ def merge_truth(folder: Union[str, Path], entries: Dict[str, Dict[str, Any]]) ->
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / TRUTH_FILE
-    lock = _truth_lock(folder)
+    lock = _lock_folder(folder)
     try:
         try:
             data = read_truth(folder)
-        except (ValueError, json.JSONDecodeError) as exc:
-            # A damaged truth file must not block simulation; keep it aside.
+        except ValueError as exc:  # json.JSONDecodeError is a ValueError
+            # A damaged truth file must not block simulation.
             log.warning("ignoring unreadable %s (%s); starting a new one", path, exc)
             data = {}
         data.update(entries)
-        fd, tmp = tempfile.mkstemp(prefix=".truth.", suffix=".json", dir=folder)
+        # Write beside the target and rename: readers never see a partial file.
+        tmp = folder / f".{TRUTH_FILE}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            with open(tmp, "w", encoding="utf-8") as fh:
                 json.dump(dict(sorted(data.items())), fh, indent=2, sort_keys=True)
                 fh.write("\n")
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
         except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            tmp.unlink(missing_ok=True)
             raise
     finally:
-        lock.close()
+        if lock is not None:
+            os.close(lock)
     return path
 
 
@@ -207,7 +209,8 @@ class _Detector:
         r = np.arange(nrows) + 0.5
         horizontal = (1.0 - 0.04 * x ** 2) * (1.0 + 0.01 * np.sin(2 * np.pi * rng.uniform(1.0, 2.5) * x
                                                                     + rng.uniform(0, 2 * np.pi)))
-        vertical = 1.0 + 0.01 * np.sin(2 * np.pi * r / max(nrows, 8) * rng.uniform(0.3, 0.8) + rng.uniform(0, 2 * np.pi))
+        vertical = 1.0 + 0.01 * np.sin(2 * np.pi * r / max(nrows, 8) * rng.uniform(0.3, 0.8)
+                                       + rng.uniform(0, 2 * np.pi))
         self.counts = NOISELESS_COUNTS if not config.noisy else float(config.noise)
         self.flat = self.counts * vertical[:, None] * horizontal[None, :]
         gain = 1.0 + config.rings * rng.standard_normal(ncols)
@@ -262,8 +265,7 @@ class _Detector:
 def build_phantom(config: SimConfig) -> Phantom:
     """The config's phantom, sized to its field of view and scaled to ``max_attenuation``."""
     radius = config.radius if config.radius is not None else config.fov_radius
-    raw = make_phantom(config.phantom, radius, config.nrows, config.seed)
-    return normalised(raw, config.nrows, config.max_attenuation)
+    return make_phantom(config.phantom, radius, config.nrows, config.seed, max_attenuation=config.max_attenuation)
 
 
 def _default_noise_seed(seed: int, index: int) -> int:
@@ -434,7 +436,10 @@ def simulate_series(outdir: Union[str, Path], config: SimConfig, n: int, name: s
     for i, cfg in enumerate(configs):
         if not same_sample:
             cfg = replace(cfg, seed=config.seed + i)
-        noise_seed = (config.noise_seed + i) if config.noise_seed is not None else _default_noise_seed(config.seed, i + 1)
+        if config.noise_seed is not None:
+            noise_seed = config.noise_seed + i
+        else:
+            noise_seed = _default_noise_seed(config.seed, i + 1)
         path = outdir / f"{name}_{i + 1:04d}.h5"
         labels: Dict[str, Any] = {"series": name, "index": i, "outlier": i == outlier_index}
         if i == outlier_index:
@@ -445,7 +450,3 @@ def simulate_series(outdir: Union[str, Path], config: SimConfig, n: int, name: s
         truths.append(truth)
     return truths
 
-
-def config_dict(config: SimConfig) -> Dict[str, Any]:
-    """Plain-JSON form of a config (for logs and manifests)."""
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}

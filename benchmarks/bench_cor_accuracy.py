@@ -1,0 +1,378 @@
+#!/usr/bin/env python3
+"""COR accuracy on a suite of simulated scans: tomocorioc vs Vo's method (algotom), and the classical metrics.
+
+Every scan of the suite is written by the simulator (``tomocorioc.sim``; the
+true COR is read back from ``truth.json``), then
+
+* ``tomocorioc run SCAN --phases try,infer --json`` runs in a subprocess with
+  the defaults a user gets (search width 50 px, step 0.5 px, parzen filter,
+  the default classical metric, no dezinger, no ring removal);
+* algotom's ``find_center_vo`` runs on the very sinogram row the try used
+  (row ``round(0.5 * (nrows - 1))``, dark/flat-normalised and ``-log`` by
+  ``tomocorioc.recon.preprocess``), searching the same +-50 px window around
+  ``width / 2``.  algotom puts pixel ``j``'s centre at coordinate ``j`` (its
+  centred axis is ``(width - 1) / 2``, see ``calculate_center_metric`` in
+  ``algotom/prep/calculation.py``); tomocorioc's pixel ``j`` covers
+  ``[j, j + 1)`` (centred axis ``width / 2``).  So ``cor_tomocorioc =
+  cor_algotom + 0.5``; the search window is converted the other way;
+* the try folder is scored once more with every classical metric
+  (``score_try_folder(all_metrics=True)`` + ``core.cor.choose``), which gives
+  the COR each ``--metric`` would have picked, without re-running the try.
+
+The JSON line also carries tomocorioc's own sinogram estimate (``estimate``,
+``tomocorioc.cor.vo``), reported as a third method.
+
+A failure is an error or |error| > 2 px.  Goal (issue): >= 95 % within 0.5 px,
+no failure, better than the Vo baseline.
+
+Usage: ``python benchmarks/bench_cor_accuracy.py [--quick] [--large] [--workdir DIR] [--keep]``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from tomocorioc.core import layout
+from tomocorioc.core.cor import choose
+from tomocorioc.cor import classical
+from tomocorioc.data.dxfile import DXFile
+from tomocorioc.recon.preprocess import preprocess
+from tomocorioc.sim import SimConfig, read_truth, simulate_scan
+
+SEARCH_WIDTH = 50.0  # the CLI default, used for algotom's window too
+FAIL_PX = 2.0
+
+
+@dataclass(frozen=True)
+class ScanSpec:
+    """One simulated scan of the suite."""
+
+    name: str
+    ncols: int
+    nproj: int
+    offset: float
+    phantom: str
+    noise: float          # flat-field photons; 0 = noiseless
+    rings: float = 0.0
+    zingers: float = 0.0
+    nrows: int = 8
+    seed: int = 0
+
+    def config(self) -> SimConfig:
+        """The simulator configuration."""
+        return SimConfig(ncols=self.ncols, nrows=self.nrows, nproj=self.nproj, offset=self.offset,
+                         noise=self.noise if self.noise > 0 else None, phantom=self.phantom, rings=self.rings,
+                         zingers=self.zingers, seed=self.seed)
+
+    def describe(self) -> str:
+        """Short text of the degradations."""
+        parts = [f"noise {self.noise:g}" if self.noise else "noiseless"]
+        if self.rings:
+            parts.append(f"rings {self.rings:g}")
+        if self.zingers:
+            parts.append(f"zingers {self.zingers:g}")
+        return ", ".join(parts)
+
+
+# Default suite (24 scans).  Sizes are bounded by the try cost on 2 CPU cores
+# (see README: the cost is ~ width^2 x nproj x 200 candidates plus a fixed
+# cost per candidate batch).  --large adds the 1500-projection and
+# 1536/2048-wide scans.
+SUITE: Tuple[ScanSpec, ...] = (
+    ScanSpec("s01", 511, 181, 0.0, "beads", 10000, seed=1),
+    ScanSpec("s02", 512, 181, 3.25, "shepp3d", 0, seed=2),
+    ScanSpec("s03", 513, 181, -7.5, "fibers", 5000, seed=3),
+    ScanSpec("s04", 511, 241, 12.7, "foam", 20000, seed=4),
+    ScanSpec("s05", 512, 360, -19.3, "rock", 10000, seed=5),
+    ScanSpec("s06", 511, 181, 38.6, "beads", 10000, seed=6),
+    ScanSpec("s07", 512, 181, -40.0, "shepp3d", 10000, seed=7),
+    ScanSpec("s08", 513, 300, 0.5, "fibers", 2000, seed=8),
+    ScanSpec("s09", 600, 181, -5.8, "foam", 10000, rings=0.01, seed=9),
+    ScanSpec("s10", 601, 181, 24.4, "rock", 5000, zingers=1e-4, seed=10),
+    ScanSpec("s11", 640, 181, -33.25, "beads", 10000, rings=0.02, seed=11),
+    ScanSpec("s12", 511, 720, 9.1, "shepp3d", 10000, seed=12),
+    ScanSpec("s13", 700, 181, -26.6, "fibers", 1000, seed=13),
+    ScanSpec("s14", 512, 181, 1.75, "foam", 10000, zingers=1e-3, seed=14),
+    ScanSpec("s15", 767, 181, -12.2, "rock", 10000, seed=15),
+    ScanSpec("s16", 512, 240, 17.75, "beads", 5000, rings=0.005, zingers=1e-4, seed=16),
+    ScanSpec("s17", 1023, 181, -2.4, "shepp3d", 10000, seed=17),
+    ScanSpec("s18", 1024, 181, 29.9, "beads", 20000, rings=0.01, seed=18),
+    ScanSpec("s19", 511, 181, -0.25, "fibers", 10000, seed=19),
+    ScanSpec("s20", 513, 181, 36.5, "foam", 0, seed=20),
+    ScanSpec("s21", 512, 360, -9.7, "rock", 2000, zingers=5e-4, seed=21),
+    ScanSpec("s22", 600, 300, 4.4, "beads", 10000, seed=22),
+    ScanSpec("s23", 511, 181, -15.15, "shepp3d", 3000, rings=0.02, seed=23),
+    ScanSpec("s24", 768, 181, 21.3, "fibers", 10000, seed=24),
+)
+
+LARGE: Tuple[ScanSpec, ...] = (
+    ScanSpec("L1", 2048, 181, -17.6, "beads", 10000, seed=31),
+    ScanSpec("L2", 1536, 181, 33.4, "rock", 5000, rings=0.01, seed=32),
+    ScanSpec("L3", 768, 1500, -6.3, "foam", 10000, seed=33),
+    ScanSpec("L4", 512, 1500, 39.2, "fibers", 3000, zingers=1e-4, seed=34),
+)
+
+QUICK: Tuple[ScanSpec, ...] = (
+    ScanSpec("q1", 255, 181, 3.3, "beads", 10000, seed=1),
+    ScanSpec("q2", 256, 181, -11.5, "shepp3d", 5000, rings=0.01, seed=2),
+    ScanSpec("q3", 257, 121, 24.75, "fibers", 10000, zingers=1e-4, seed=3),
+    ScanSpec("q4", 384, 181, -0.6, "rock", 2000, seed=4),
+)
+
+
+@dataclass
+class ScanResult:
+    """Everything measured on one scan."""
+
+    spec: ScanSpec
+    truth: float
+    cli: Optional[float] = None
+    cli_error: Optional[str] = None
+    confidence: Optional[float] = None
+    needs_review: bool = False
+    estimate: Optional[float] = None        # tomocorioc.cor.vo, from the JSON line
+    algotom: Optional[float] = None
+    algotom_error: Optional[str] = None
+    metrics: Dict[str, float] = field(default_factory=dict)
+    seconds_cli: float = 0.0
+    seconds_try: float = 0.0
+    seconds_algotom: float = 0.0
+
+
+def machine_description() -> str:
+    """CPU model, core count and library versions."""
+    model = platform.processor() or "unknown CPU"
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                model = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    versions = []
+    for dist in ("torch", "numpy", "algotom"):
+        try:
+            versions.append(f"{dist} {importlib.metadata.version(dist)}")
+        except importlib.metadata.PackageNotFoundError:
+            versions.append(f"{dist} ?")
+    return (f"CPU: {model}, {os.cpu_count()} logical cores; torch threads {torch.get_num_threads()}; "
+            f"python {platform.python_version()}, " + ", ".join(versions))
+
+
+def load_average() -> str:
+    """The 1/5/15-minute load averages (the machine may be shared)."""
+    try:
+        return "load average %.2f %.2f %.2f" % os.getloadavg()
+    except OSError:
+        return "load average unavailable"
+
+
+def try_row_sinogram(path: Path) -> np.ndarray:
+    """The normalised -log sinogram row the try phase reconstructs (default --nsino 0.5, no dezinger)."""
+    with DXFile(path) as scan:
+        row = scan.row_index(0.5)
+        block = scan.read_rows(row, row + 1)
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+    return preprocess(t(block.proj), t(block.flat), t(block.dark))[0].numpy().astype(np.float64)
+
+
+def algotom_vo(sino: np.ndarray) -> float:
+    """algotom's find_center_vo over width/2 +- 50 px, converted to tomocorioc's convention."""
+    from algotom.prep.calculation import find_center_vo
+    n = sino.shape[1]
+    start = n / 2.0 - SEARCH_WIDTH - 0.5   # tomocorioc -> algotom: subtract 0.5
+    stop = n / 2.0 + SEARCH_WIDTH - 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cor = find_center_vo(sino, start=start, stop=stop)
+    return float(cor) + 0.5
+
+
+def run_cli(path: Path, timeout: float) -> Tuple[Dict, float]:
+    """``tomocorioc run PATH --phases try,infer --json``; returns the JSON object and the wall time."""
+    cmd = [sys.executable, "-m", "tomocorioc", "run", str(path), "--phases", "try,infer", "--json"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    dt = time.perf_counter() - t0
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip().startswith("{")]
+    if not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"status": "failed", "error": f"exit {proc.returncode}: {tail}"}, dt
+    return json.loads(lines[-1]), dt
+
+
+def score_metrics(folder: Path) -> Dict[str, float]:
+    """The COR each classical metric picks from the try stack."""
+    scores = classical.score_try_folder(folder, all_metrics=True)
+    return {name: choose(scores.centers, vals).cor for name, vals in scores.all_metrics.items()}
+
+
+def run_scan(spec: ScanSpec, folder: Path, keep: bool, timeout: float) -> ScanResult:
+    """Simulate one scan and run every method on it."""
+    path = folder / f"{spec.name}.h5"
+    simulate_scan(path, spec.config())
+    truth = float(read_truth(folder)[path.name]["cor"])
+    res = ScanResult(spec, truth)
+    try:
+        out, res.seconds_cli = run_cli(path, timeout)
+    except subprocess.TimeoutExpired:
+        out = {"status": "failed", "error": f"timed out after {timeout:.0f} s"}
+    if out.get("status") == "ok" and out.get("cor") is not None:
+        res.cli = float(out["cor"])
+        res.confidence = out.get("confidence")
+        res.needs_review = bool(out.get("needs_review"))
+        res.seconds_try = float(out.get("seconds", {}).get("try", 0.0))
+    else:
+        res.cli_error = str(out.get("error"))
+    if out.get("estimate") is not None:
+        res.estimate = float(out["estimate"])
+    t0 = time.perf_counter()
+    try:
+        res.algotom = algotom_vo(try_row_sinogram(path))
+    except (ValueError, RuntimeError, OSError) as exc:
+        res.algotom_error = f"{type(exc).__name__}: {exc}"
+    res.seconds_algotom = time.perf_counter() - t0
+    tdir = layout.try_dir(path)
+    if tdir.is_dir():
+        try:
+            res.metrics = score_metrics(tdir)
+        except (ValueError, OSError) as exc:
+            print(f"  {spec.name}: cannot score the try stack: {exc}", flush=True)
+        if not keep:
+            shutil.rmtree(tdir, ignore_errors=True)
+    if not keep:
+        path.unlink(missing_ok=True)
+    return res
+
+
+def err(value: Optional[float], truth: float) -> float:
+    """|value - truth|, inf for a missing value."""
+    return abs(value - truth) if value is not None and math.isfinite(value) else math.inf
+
+
+def summary(errors: Sequence[float]) -> Dict[str, float]:
+    """Median |error|, share within 0.5 / 1 px, failures (> 2 px or missing), worst."""
+    e = np.asarray(errors, dtype=np.float64)
+    finite = e[np.isfinite(e)]
+    return {"n": e.size, "median": float(np.median(e)) if e.size else math.nan,
+            "p05": float(np.mean(e <= 0.5)) if e.size else math.nan,
+            "p1": float(np.mean(e <= 1.0)) if e.size else math.nan,
+            "fail": int(np.sum(~(e <= FAIL_PX))), "max": float(finite.max()) if finite.size else math.inf}
+
+
+def fmt(v: Optional[float], digits: int = 2) -> str:
+    """Number or '-'."""
+    return "-" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
+
+
+def print_tables(results: List[ScanResult], default_metric: str) -> None:
+    """Per-scan table, method summary, per-metric summary."""
+    print("\nPer scan (COR in tomocorioc's convention: centred axis = width/2; err = |COR - truth| px)\n")
+    cols = ("scan", "width x nproj x rows", "phantom", "degradations", "truth", "tomocorioc", "err",
+            "conf", "algotom Vo", "err", "tomocorioc vo.py", "err", "try s")
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "|".join(["---"] * len(cols)) + "|")
+    for r in results:
+        s = r.spec
+        cli = fmt(r.cli) if r.cli is not None else f"FAILED ({r.cli_error})"
+        alg = fmt(r.algotom) if r.algotom is not None else f"FAILED ({r.algotom_error})"
+        print(f"| {s.name} | {s.ncols} x {s.nproj} x {s.nrows} | {s.phantom} | {s.describe()} | {r.truth:.2f} "
+              f"| {cli} | {fmt(err(r.cli, r.truth))} | {fmt(r.confidence)} | {alg} | {fmt(err(r.algotom, r.truth))} "
+              f"| {fmt(r.estimate)} | {fmt(err(r.estimate, r.truth))} | {r.seconds_try:.1f} |")
+    methods = [
+        (f"tomocorioc run --phases try,infer (metric {default_metric})", [err(r.cli, r.truth) for r in results]),
+        ("algotom find_center_vo (same row, same +-50 px window)", [err(r.algotom, r.truth) for r in results]),
+        ("tomocorioc.cor.vo estimate (JSON 'estimate')", [err(r.estimate, r.truth) for r in results]),
+    ]
+    print(f"\nSummary over {len(results)} scans (failure = error or |err| > {FAIL_PX:g} px)\n")
+    _summary_table(methods)
+    names = classical.METRICS
+    per_metric = [(f"--metric {m}" + (" (default)" if m == default_metric else ""),
+                   [err(r.metrics.get(m), r.truth) for r in results]) for m in names]
+    print("\nClassical metrics, scored on the same try stacks (the COR each --metric would pick)\n")
+    _summary_table(per_metric)
+    cli_s = summary(methods[0][1])
+    vo_s = summary(methods[1][1])
+    goal = cli_s["p05"] >= 0.95 and cli_s["fail"] == 0
+    better = (cli_s["p05"], -cli_s["fail"], -cli_s["median"]) > (vo_s["p05"], -vo_s["fail"], -vo_s["median"])
+    print(f"\nGoal (>= 95 % within 0.5 px, no failure): {'met' if goal else 'NOT met'}; "
+          f"better than algotom's Vo: {'yes' if better else 'no'} "
+          f"({cli_s['p05']:.0%} vs {vo_s['p05']:.0%} within 0.5 px, median {cli_s['median']:.3f} vs "
+          f"{vo_s['median']:.3f} px)")
+    mismatch = [r.spec.name for r in results if r.cli is not None and default_metric in r.metrics
+                and abs(r.metrics[default_metric] - r.cli) > 0.01]
+    if mismatch:
+        print(f"note: the re-scored default metric differs from the CLI's COR on {', '.join(mismatch)}")
+
+
+def _summary_table(rows: List[Tuple[str, List[float]]]) -> None:
+    print("| method | scans | median err px | within 0.5 px | within 1 px | failures | worst err px |")
+    print("|---|---|---|---|---|---|---|")
+    for name, errors in rows:
+        s = summary(errors)
+        print(f"| {name} | {s['n']} | {s['median']:.3f} | {s['p05']:.0%} | {s['p1']:.0%} | {s['fail']} "
+              f"| {fmt(s['max'])} |")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the suite and print the tables."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="4 small scans (< 2 min)")
+    ap.add_argument("--large", action="store_true", help="add the 1500-projection and 1536/2048-wide scans "
+                                                         "(slow on CPU)")
+    ap.add_argument("--only", help="comma list of scan names to run (e.g. s01,s07)")
+    ap.add_argument("--workdir", type=Path, help="where to simulate (default: a temporary folder)")
+    ap.add_argument("--keep", action="store_true", help="keep scans and try folders")
+    ap.add_argument("--timeout", type=float, default=3600.0, help="per-scan CLI timeout, s")
+    args = ap.parse_args(argv)
+    suite = list(QUICK if args.quick else SUITE) + (list(LARGE) if args.large else [])
+    if args.only:
+        wanted = {s.strip() for s in args.only.split(",")}
+        suite = [s for s in suite if s.name in wanted]
+    print(f"bench_cor_accuracy: python {' '.join(sys.argv)}")
+    print(machine_description())
+    print(f"{len(suite)} scans; default metric {classical.DEFAULT_METRIC}; {load_average()}")
+    tmp = None
+    if args.workdir:
+        folder = args.workdir / "scans"
+        folder.mkdir(parents=True, exist_ok=True)
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="bench_cor_")
+        folder = Path(tmp.name) / "scans"
+        folder.mkdir()
+    t_all = time.perf_counter()
+    results: List[ScanResult] = []
+    try:
+        for spec in suite:
+            r = run_scan(spec, folder, args.keep, args.timeout)
+            results.append(r)
+            print(f"  {spec.name} {spec.ncols}x{spec.nproj} {spec.phantom:8s} truth {r.truth:8.2f}  "
+                  f"tomocorioc {fmt(r.cli):>8s} (err {fmt(err(r.cli, r.truth))})  "
+                  f"algotom {fmt(r.algotom):>8s} (err {fmt(err(r.algotom, r.truth))})  "
+                  f"cli {r.seconds_cli:.0f} s, vo {r.seconds_algotom:.1f} s", flush=True)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    print_tables(results, classical.DEFAULT_METRIC)
+    print(f"\ntotal {time.perf_counter() - t_all:.0f} s; {load_average()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

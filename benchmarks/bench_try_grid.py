@@ -1,0 +1,310 @@
+#!/usr/bin/env python3
+"""Try-grid speed: one sinogram, 200 candidate centres, three FBP implementations.
+
+The same simulated sinogram (exact line integrals of an analytic phantom from
+``tomocorioc.sim.project``) is reconstructed at the same 200 candidate centres
+(search width 50 px, step 0.5 px, the CLI defaults) by
+
+(a) tomocorioc's batched torch try: ``fbp.try_batches`` with the batch size the
+    torch backend uses (``TorchBackend().try_batch_size``), all 200 centres;
+(b) algotom's CPU FBP (``algotom.rec.reconstruction.fbp_reconstruction``,
+    ``gpu=False``, numba), called once per centre;
+(c) scikit-image's ``iradon`` once per centre.  ``iradon`` has no centre
+    argument: its axis is the detector pixel ``n // 2`` (tomocorioc coordinate
+    ``n // 2 + 0.5``), so each centre costs a ``scipy.ndimage.shift`` (linear)
+    of the sinogram that moves the axis there, included in the time.
+
+The competitors are called per centre in a loop; when that would take longer
+than ``--budget`` seconds, only an evenly spread subset of the centres is
+timed and the time is extrapolated per centre to 200 (the table says how many
+were timed).  tomocorioc always runs all 200.  Ratios (competitor / tomocorioc)
+are measured in the same run, so they survive a noisy machine; absolute
+seconds do not.
+
+Accuracy: for a few centres the tomocorioc try images are compared with
+``tomocorioc.recon.reference.reference_fbp`` (plain float64 numpy, one angle at
+a time): max |torch - reference| / max |reference|.
+
+Usage: ``python benchmarks/bench_try_grid.py [--quick]``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from tomocorioc.core import layout
+from tomocorioc.recon import fbp
+from tomocorioc.recon.reference import reference_fbp
+from tomocorioc.recon.torch_backend import TorchBackend
+from tomocorioc.sim import make_phantom, normalised, project
+
+FILTER = "parzen"          # tomocorioc's default FBP filter
+SEARCH_WIDTH = 50.0        # CLI default --search-width
+SEARCH_STEP = 0.5          # CLI default --search-step
+AXIS_OFFSET = 3.3          # true COR = n/2 + this (irrelevant for timing)
+
+
+@dataclass
+class Timing:
+    """Time of one method on one size."""
+
+    method: str
+    timed: int                 # centres actually reconstructed inside the timer
+    seconds: float             # measured wall time for those centres
+    total: int                 # centres in the grid (200)
+    note: str = ""
+    extra: Dict[str, float] = field(default_factory=dict)
+
+    @property
+    def per_grid(self) -> float:
+        """Seconds for the whole grid (extrapolated per centre when a subset was timed)."""
+        return self.seconds / max(1, self.timed) * self.total
+
+
+def machine_description() -> str:
+    """CPU model, core count, library versions and current load (one line each)."""
+    model = platform.processor() or "unknown CPU"
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                model = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import numba
+    return "\n".join([
+        f"CPU: {model}, {os.cpu_count()} logical cores; torch threads {torch.get_num_threads()}, "
+        f"numba threads {numba.config.NUMBA_NUM_THREADS}",
+        "python " + platform.python_version() + ", "
+        + ", ".join(f"{name} {_version(name)}" for name in ("torch", "numpy", "scipy", "algotom", "scikit-image",
+                                                           "numba")),
+    ])
+
+
+def _version(dist: str) -> str:
+    """Installed version of a distribution, or '?'."""
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
+
+
+def load_average() -> str:
+    """The 1/5/15-minute load averages (the machine may be shared)."""
+    try:
+        return "load average %.2f %.2f %.2f" % os.getloadavg()
+    except OSError:
+        return "load average unavailable"
+
+
+def make_sinogram(n: int, nproj: int, cor: float, phantom: str = "shepp3d",
+                  seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+    """A noiseless (nproj, n) float32 sinogram of the simulator's phantom, angles over [0, 180)."""
+    radius = min(cor, n - cor) - 2.0
+    ph = normalised(make_phantom(phantom, radius, 1, seed), 1, 1.5)
+    theta = np.linspace(0.0, math.pi, nproj, endpoint=False)
+    sino = project(ph, theta, n, 1, cor)[:, 0, :]
+    return theta, np.ascontiguousarray(sino, dtype=np.float32)
+
+
+def subset(count: int, k: int) -> List[int]:
+    """``k`` indices spread evenly over ``range(count)`` (all of them when k >= count)."""
+    if k >= count:
+        return list(range(count))
+    return sorted(set(int(round(x)) for x in np.linspace(0, count - 1, k)))
+
+
+def time_tomocorioc(sino: np.ndarray, theta: np.ndarray, centers: np.ndarray,
+                    keep: Sequence[int]) -> Tuple[Timing, Dict[int, np.ndarray]]:
+    """All centres through ``fbp.try_batches``; returns the timing and the images at ``keep``."""
+    n, nproj = sino.shape[1], sino.shape[0]
+    batch = TorchBackend(device="cpu").try_batch_size(n, nproj)
+    kept: Dict[int, np.ndarray] = {}
+    t0 = time.perf_counter()
+    geom = fbp.FBPGeometry.create(n, theta, "cpu")
+    row = torch.from_numpy(sino)
+    done = 0
+    for chunk, images in fbp.try_batches(row, geom, FILTER, centers, batch):
+        for i in range(len(chunk)):
+            if done + i in keep:
+                kept[done + i] = images[i].numpy().copy()
+        done += len(chunk)
+    dt = time.perf_counter() - t0
+    nb = math.ceil(len(centers) / batch)
+    return Timing(f"tomocorioc try (torch, batch {batch}, {nb} batches)", len(centers), dt, len(centers)), kept
+
+
+def _time_per_centre(method: str, one: Callable[[float], np.ndarray], centers: np.ndarray, budget: float,
+                     min_count: int, note: str) -> Timing:
+    """Time ``one(centre)`` on centres spread over the grid until ``budget`` s are used."""
+    # One centre (from the middle of the grid) sizes the subset; it counts towards the timing.
+    mid = len(centers) // 2
+    t0 = time.perf_counter()
+    one(float(centers[mid]))
+    first = time.perf_counter() - t0
+    want = int(max(min_count, min(len(centers), budget // max(first, 1e-6))))
+    chosen = [i for i in subset(len(centers), want) if i != mid][: max(0, want - 1)]
+    t1 = time.perf_counter()
+    for i in chosen:
+        one(float(centers[i]))
+    dt = first + (time.perf_counter() - t1)
+    count = 1 + len(chosen)
+    if count < len(centers):
+        note = (note + "; " if note else "") + f"{count} of {len(centers)} centres timed, extrapolated per centre"
+    return Timing(method, count, dt, len(centers), note)
+
+
+def time_algotom(sino: np.ndarray, theta: np.ndarray, centers: np.ndarray, budget: float,
+                 min_count: int) -> Timing:
+    """algotom ``fbp_reconstruction(gpu=False)`` per centre (algotom COR = tomocorioc COR - 0.5)."""
+    from algotom.rec import reconstruction as rec
+    n, nproj = sino.shape[1], sino.shape[0]
+    pad = min(int(0.15 * n), 150)  # algotom's own default padding
+    ramp_win = rec.make_2d_ramp_window(nproj, n + 2 * pad, FILTER)  # built once, reused for every centre
+    s64 = np.asarray(sino, dtype=np.float32)
+
+    def one(c: float) -> np.ndarray:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return rec.fbp_reconstruction(s64, c - 0.5, angles=theta, ratio=None, ramp_win=ramp_win,
+                                          filter_name=FILTER, pad=pad, apply_log=False, gpu=False)
+
+    t0 = time.perf_counter()
+    one(float(centers[0]))  # numba JIT compile: not timed
+    compile_s = time.perf_counter() - t0
+    tm = _time_per_centre("algotom fbp_reconstruction (CPU, numba)", one, centers, budget, min_count,
+                          f"JIT compile {compile_s:.1f} s excluded")
+    tm.extra["compile_s"] = compile_s
+    return tm
+
+
+def time_skimage(sino: np.ndarray, theta: np.ndarray, centers: np.ndarray, budget: float,
+                 min_count: int) -> Timing:
+    """scikit-image ``iradon`` per centre after shifting the axis to its pixel ``n // 2``."""
+    from scipy import ndimage
+    from skimage.transform import iradon
+    n = sino.shape[1]
+    deg = np.rad2deg(theta)
+    s64 = np.asarray(sino, dtype=np.float64)
+
+    def one(c: float) -> np.ndarray:
+        # iradon's axis sits on pixel n//2, i.e. tomocorioc coordinate n//2 + 0.5.
+        shifted = ndimage.shift(s64, (0.0, n // 2 + 0.5 - c), order=1, mode="nearest")
+        return iradon(shifted.T, deg, output_size=n, filter_name="hann", interpolation="linear", circle=True)
+
+    return _time_per_centre("scikit-image iradon + ndimage.shift", one, centers, budget, min_count,
+                            "single-threaded")
+
+
+def accuracy(sino: np.ndarray, theta: np.ndarray, centers: np.ndarray,
+             kept: Dict[int, np.ndarray]) -> List[Tuple[float, float]]:
+    """(centre, max|torch - reference| / max|reference|) for each kept tomocorioc image."""
+    out = []
+    for i, img in sorted(kept.items()):
+        ref = reference_fbp(sino.astype(np.float64), theta, float(centers[i]), FILTER)
+        out.append((float(centers[i]), float(np.abs(img - ref).max() / np.abs(ref).max())))
+    return out
+
+
+def run_size(n: int, nproj: int, budget: float, min_count: int, n_accuracy: int,
+             skip: Sequence[str]) -> Tuple[List[Timing], List[Tuple[float, float]]]:
+    """All methods on one sinogram size; returns timings and accuracy rows."""
+    cor = n / 2.0 + AXIS_OFFSET
+    theta, sino = make_sinogram(n, nproj, cor)
+    centers = layout.candidate_centers(n / 2.0, SEARCH_WIDTH, SEARCH_STEP)
+    truth_idx = int(np.argmin(np.abs(centers - cor)))
+    keep = [0, truth_idx, len(centers) - 1][:max(1, n_accuracy)]
+    if n_accuracy > 3:
+        keep += subset(len(centers), n_accuracy)
+    keep = sorted(set(keep))
+    print(f"\n[{n}x{nproj}] {len(centers)} centres {centers.min():.2f}..{centers.max():.2f}; {load_average()}",
+          flush=True)
+    timings: List[Timing] = []
+    tm, kept = time_tomocorioc(sino, theta, centers, keep)
+    timings.append(tm)
+    print(f"  {tm.method}: {tm.seconds:.1f} s", flush=True)
+    if "algotom" not in skip:
+        tm = time_algotom(sino, theta, centers, budget, min_count)
+        timings.append(tm)
+        print(f"  {tm.method}: {tm.seconds:.1f} s for {tm.timed} centres", flush=True)
+    if "skimage" not in skip:
+        tm = time_skimage(sino, theta, centers, budget, min_count)
+        timings.append(tm)
+        print(f"  {tm.method}: {tm.seconds:.1f} s for {tm.timed} centres", flush=True)
+    acc = accuracy(sino, theta, centers, kept)
+    return timings, acc
+
+
+def warm_up() -> None:
+    """Load torch/MKL kernels on a tiny problem so the first size does not pay for it."""
+    theta, sino = make_sinogram(64, 32, 32.0)
+    geom = fbp.FBPGeometry.create(64, theta, "cpu")
+    for _ in fbp.try_batches(torch.from_numpy(sino), geom, FILTER, [31.5, 32.0, 32.5], 3):
+        pass
+
+
+def print_table(results: List[Tuple[str, List[Timing], List[Tuple[float, float]]]]) -> None:
+    """The speed table (ratios vs tomocorioc) and the accuracy table."""
+    print("\nTry-grid speed (200 candidate centres, W=50, step 0.5; ratio = method time / tomocorioc time, "
+          ">1 means tomocorioc is faster)\n")
+    cols = ("size (n x nproj)", "method", "centres timed", "s measured", "s / 200 centres",
+            "ratio vs tomocorioc", "note")
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "|".join(["---"] * len(cols)) + "|")
+    for size, timings, _ in results:
+        ref = timings[0].per_grid
+        for tm in timings:
+            print(f"| {size} | {tm.method} | {tm.timed} | {tm.seconds:.1f} | {tm.per_grid:.1f} "
+                  f"| {tm.per_grid / ref:.2f} | {tm.note} |")
+    print("\nAccuracy of the tomocorioc try images vs reference_fbp (plain float64 numpy FBP)\n")
+    print("| size (n x nproj) | centre | max abs(torch - ref) / max abs(ref) |")
+    print("|---|---|---|")
+    for size, _, acc in results:
+        for c, err in acc:
+            print(f"| {size} | {c:.2f} | {err:.2e} |")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Parse arguments, run every size, print the tables."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes and short budgets (< 2 min)")
+    ap.add_argument("--sizes", help="comma list of NxNPROJ, e.g. 512x360,1024x720 (default: 512x360,1024x720; "
+                                    "--quick: 256x180,512x360)")
+    ap.add_argument("--budget", type=float, help="seconds per competitor per size before extrapolating "
+                                                 "(default 60; --quick 8)")
+    ap.add_argument("--accuracy-centres", type=int, default=3, help="centres checked against the reference")
+    ap.add_argument("--skip", default="", help="comma list of competitors to skip: algotom,skimage")
+    args = ap.parse_args(argv)
+    sizes_arg = args.sizes or ("256x180,512x360" if args.quick else "512x360,1024x720")
+    sizes = [tuple(int(v) for v in s.lower().split("x")) for s in sizes_arg.split(",") if s.strip()]
+    budget = args.budget if args.budget is not None else (8.0 if args.quick else 60.0)
+    min_count = 2 if args.quick else 3
+    skip = [s.strip() for s in args.skip.split(",") if s.strip()]
+    print(f"bench_try_grid: python {' '.join(sys.argv)}")
+    print(machine_description())
+    print(load_average())
+    t_all = time.perf_counter()
+    warm_up()
+    results = []
+    for n, nproj in sizes:
+        timings, acc = run_size(n, nproj, budget, min_count, args.accuracy_centres, skip)
+        results.append((f"{n} x {nproj}", timings, acc))
+    print_table(results)
+    print(f"\ntotal {time.perf_counter() - t_all:.0f} s; {load_average()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""Locate the shared test fixtures (``TOMOCORIOC_FIXTURES`` or ``<repo>/../shared/fixtures``)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def fixtures_root() -> Path:
+    """The fixtures directory: $TOMOCORIOC_FIXTURES if set, else <repo>/../shared/fixtures."""
+    env = os.environ.get("TOMOCORIOC_FIXTURES")
+    return Path(env) if env else REPO.parent / "shared" / "fixtures"
+
+
+def fixture_dir(name: str) -> Path:
+    """``<fixtures>/<name>``; skip the test if absent (fail instead when $CI is set)."""
+    path = fixtures_root() / name
+    if not path.is_dir():
+        msg = (f"fixture {name!r} not found at {path}; set TOMOCORIOC_FIXTURES to the "
+               "directory holding it")
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
