@@ -126,11 +126,16 @@ def subset(count: int, k: int) -> List[int]:
     return sorted(set(int(round(x)) for x in np.linspace(0, count - 1, k)))
 
 
-def time_tomocorioc(sino: np.ndarray, theta: np.ndarray, centers: np.ndarray,
-                    keep: Sequence[int]) -> Tuple[Timing, Dict[int, np.ndarray]]:
-    """All centres through ``fbp.try_batches``; returns the timing and the images at ``keep``."""
+def time_tomocorioc(sino: np.ndarray, theta: np.ndarray, centers: np.ndarray, keep: Sequence[int],
+                    batch: Optional[int] = None) -> Tuple[Timing, Dict[int, np.ndarray]]:
+    """All centres through ``fbp.try_batches``; returns the timing and the images at ``keep``.
+
+    ``batch`` None is the backend's own choice (the reference); a number is a diagnostic.
+    """
     n, nproj = sino.shape[1], sino.shape[0]
-    batch = TorchBackend(device="cpu").try_batch_size(n, nproj)
+    own = batch is None
+    if batch is None:
+        batch = TorchBackend(device="cpu").try_batch_size(n, nproj)
     kept: Dict[int, np.ndarray] = {}
     t0 = time.perf_counter()
     geom = fbp.FBPGeometry.create(n, theta, "cpu")
@@ -143,7 +148,11 @@ def time_tomocorioc(sino: np.ndarray, theta: np.ndarray, centers: np.ndarray,
         done += len(chunk)
     dt = time.perf_counter() - t0
     nb = math.ceil(len(centers) / batch)
-    return Timing(f"tomocorioc try (torch, batch {batch}, {nb} batches)", len(centers), dt, len(centers)), kept
+    name = f"tomocorioc try (torch, batch {batch}, {nb} batches)"
+    note = "" if own else "diagnostic: batch size forced (not what the backend picks)"
+    tm = Timing(name if own else "(diagnostic) " + name, len(centers), dt, len(centers), note)
+    tm.extra["batch"] = float(batch)
+    return tm, kept
 
 
 def _time_per_centre(method: str, one: Callable[[float], np.ndarray], centers: np.ndarray, budget: float,
@@ -218,8 +227,8 @@ def accuracy(sino: np.ndarray, theta: np.ndarray, centers: np.ndarray,
     return out
 
 
-def run_size(n: int, nproj: int, budget: float, min_count: int, n_accuracy: int,
-             skip: Sequence[str]) -> Tuple[List[Timing], List[Tuple[float, float]]]:
+def run_size(n: int, nproj: int, budget: float, min_count: int, n_accuracy: int, skip: Sequence[str],
+             extra_batches: Sequence[int] = ()) -> Tuple[List[Timing], List[Tuple[float, float]]]:
     """All methods on one sinogram size; returns timings and accuracy rows."""
     cor = n / 2.0 + AXIS_OFFSET
     theta, sino = make_sinogram(n, nproj, cor)
@@ -235,6 +244,12 @@ def run_size(n: int, nproj: int, budget: float, min_count: int, n_accuracy: int,
     tm, kept = time_tomocorioc(sino, theta, centers, keep)
     timings.append(tm)
     print(f"  {tm.method}: {tm.seconds:.1f} s", flush=True)
+    for b in extra_batches:
+        if b == timings[0].extra.get("batch"):
+            continue
+        tm, _ = time_tomocorioc(sino, theta, centers, [], batch=b)
+        timings.append(tm)
+        print(f"  {tm.method}: {tm.seconds:.1f} s", flush=True)
     if "algotom" not in skip:
         tm = time_algotom(sino, theta, centers, budget, min_count)
         timings.append(tm)
@@ -286,12 +301,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                                  "(default 60; --quick 8)")
     ap.add_argument("--accuracy-centres", type=int, default=3, help="centres checked against the reference")
     ap.add_argument("--skip", default="", help="comma list of competitors to skip: algotom,skimage")
+    ap.add_argument("--batch-sweep", help="comma list of forced tomocorioc batch sizes timed as diagnostics "
+                                          "(default 200 = the whole grid in one batch; --quick: none)")
     args = ap.parse_args(argv)
     sizes_arg = args.sizes or ("256x180,512x360" if args.quick else "512x360,1024x720")
     sizes = [tuple(int(v) for v in s.lower().split("x")) for s in sizes_arg.split(",") if s.strip()]
+    too_small = [n for n, _ in sizes if n <= 2 * SEARCH_WIDTH + 2]
+    if too_small:
+        ap.error(f"width {too_small[0]} is too small for a +-{SEARCH_WIDTH:g} px grid inside the detector")
     budget = args.budget if args.budget is not None else (8.0 if args.quick else 60.0)
     min_count = 2 if args.quick else 3
     skip = [s.strip() for s in args.skip.split(",") if s.strip()]
+    sweep_arg = args.batch_sweep if args.batch_sweep is not None else ("" if args.quick else "200")
+    sweep = [int(b) for b in sweep_arg.split(",") if b.strip()]
     print(f"bench_try_grid: python {' '.join(sys.argv)}")
     print(machine_description())
     print(load_average())
@@ -299,7 +321,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     warm_up()
     results = []
     for n, nproj in sizes:
-        timings, acc = run_size(n, nproj, budget, min_count, args.accuracy_centres, skip)
+        timings, acc = run_size(n, nproj, budget, min_count, args.accuracy_centres, skip, sweep)
         results.append((f"{n} x {nproj}", timings, acc))
     print_table(results)
     print(f"\ntotal {time.perf_counter() - t_all:.0f} s; {load_average()}")

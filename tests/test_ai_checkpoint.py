@@ -44,8 +44,8 @@ def test_module_prefix_is_optional(tmp_path, fixture_sd):
 def test_chunked_blocks_are_flattened(tmp_path, fixture_sd):
     path, sd = fixture_sd
     # DINOv2 BlockChunk layout: blocks.{chunk}.{global index}.*
-    chunked = {k.replace("model.blocks.0.", "model.blocks.0.0.").replace("model.blocks.1.", "model.blocks.1.1."): v
-               for k, v in sd.items()}
+    chunked = {k.replace("model.blocks.0.", "model.blocks.0.0.")
+                .replace("model.blocks.1.", "model.blocks.1.1."): v for k, v in sd.items()}
     assert any(".blocks.1.1.attn" in k for k in chunked)
     m1, _ = load_checkpoint(path)
     m2, arch = load_checkpoint(_save(tmp_path, chunked))

@@ -139,3 +139,60 @@ def test_scorer_cache(tiny_ckpt, tmp_path):
     copy = shutil.copy(tiny_ckpt, tmp_path / "other.pt")
     assert get_scorer(copy, device="cpu", dtype="float32") is not a
     clear_scorer_cache()
+
+
+def test_refine_selection(tiny_ckpt):
+    s = AIScorer(tiny_ckpt, device="cpu", dtype="bfloat16", refine_tol=0.1, refine_max=3)
+    clear = {0: np.array([0.0, 5.0]), 1: np.array([0.0, 4.0]), 2: np.array([0.0, 1.0])}
+    assert s._contenders(clear) == ([], 1)  # clear winner: nothing to re-score
+    close = {0: np.array([0.0, 5.0]), 1: np.array([0.0, 4.95]), 2: np.array([0.0, 1.0])}
+    assert s._contenders(close) == ([0, 1], 2)
+    flat = {i: np.array([0.0, 1.0 + 0.001 * i]) for i in range(6)}
+    assert s._contenders(flat) == ([3, 4, 5], 6)  # capped, best first
+    overflow = {0: np.array([0.0, 5.0]), 1: np.array([np.nan, 1.0])}
+    assert s._contenders(overflow) == ([0, 1], 1)
+
+
+def test_bf16_stack_end_to_end(tiny_ckpt):
+    imgs = _slices(4, (1040, 1040), seed=11)
+    r32 = AIScorer(tiny_ckpt, device="cpu", dtype="float32").score_stack(imgs, [1, 2, 3, 4])
+    rbf = AIScorer(tiny_ckpt, device="cpu", dtype="bfloat16").score_stack(imgs, [1, 2, 3, 4])
+    assert rbf.cor == r32.cor and rbf.dtype.startswith("bfloat16")
+    np.testing.assert_allclose(np.array(rbf.logits), np.array(r32.logits), atol=0.05)
+
+
+def test_device_dtype_and_batch_resolution(tiny_ckpt):
+    import torch
+
+    from tomocorioc.ai.model import ArchInfo
+    from tomocorioc.ai.scorer import batch_for_memory, resolve_device, resolve_dtype
+
+    assert resolve_dtype("float32", torch.device("cpu")) is torch.float32
+    assert resolve_dtype("bf16", torch.device("cpu")) is torch.bfloat16
+    assert resolve_dtype("auto", torch.device("cpu")) in (torch.float32, torch.bfloat16)
+    with pytest.raises(ValueError, match="dtype"):
+        resolve_dtype("int8", torch.device("cpu"))
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA"):
+            resolve_device("cuda")
+        assert resolve_device(None).type == "cpu"
+    vitb = ArchInfo(768, 12, 14, 518, 3072, 768, 1, 2)
+    # ~70 MB per bf16 window: an 80 GB card gets the cap, a 2 GB one a small batch
+    assert batch_for_memory(vitb, 80 * 2**30, torch.bfloat16) == 256
+    assert 5 <= batch_for_memory(vitb, 2 * 2**30, torch.bfloat16) <= 20
+    assert batch_for_memory(vitb, 10 * 2**20, torch.float32) == 1
+    with pytest.raises(ValueError, match="batch_size"):
+        AIScorer(tiny_ckpt, device="cpu", batch_size=0)
+
+
+def test_fp32_pass_disables_tf32_on_cuda_and_restores():
+    import torch
+
+    from tomocorioc.ai.scorer import ieee_fp32
+
+    if not hasattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision"):
+        pytest.skip("torch < 2.9 has no fp32_precision flags")
+    before = torch.backends.cudnn.conv.fp32_precision
+    with ieee_fp32(torch.device("cuda")):  # flags only; no GPU needed
+        assert torch.backends.cudnn.conv.fp32_precision == "ieee"
+    assert torch.backends.cudnn.conv.fp32_precision == before

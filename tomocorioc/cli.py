@@ -13,7 +13,7 @@ from typing import Iterable, List, Optional, Sequence
 
 from .core.params import FILTERS, STRIPE_METHODS, ParamError, ReconParams
 from .cor.classical import DEFAULT_METRIC, METRICS
-from .pipeline import COR_METHODS, PHASES, FileResult, Pipeline, RunOptions
+from .pipeline import COR_METHODS, PHASES, FileResult, RunOptions
 
 log = logging.getLogger("tomocorioc")
 
@@ -102,35 +102,93 @@ class _Progress:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Run the phases over files and directories; exit 1 if any file failed."""
+    """Run the phases over files and directories through the dispatcher; exit 1 if any file failed."""
+    from .dispatch.dispatcher import slots_for
+    from .service import Service, ServiceSettings
     try:
         params = _params(args)
         phases = [p.strip() for p in args.phases.split(",") if p.strip()]
         options = RunOptions(phases=phases, cor_method=args.cor_method, model=args.model,
                              metric=args.metric, manual_cor=args.cor)
-        backend = make_backend(args.backend, args.tomocupy, args.device)
-    except (ParamError, ValueError, RuntimeError) as exc:
-        print(f"tomocorioc run: {exc}", file=sys.stderr)
+        slots = slots_for(args.gpus) if args.gpus is not None else slots_for(None)
+        if args.timeout is not None and not args.timeout > 0:
+            raise ValueError("--timeout must be > 0 seconds")
+        if args.backend == "tomocupy":
+            make_backend("tomocupy", args.tomocupy)  # fail now, not once per file
+        if options.model and "infer" in phases and options.cor_method != "classical":
+            from .ai import load_checkpoint
+            load_checkpoint(options.model)  # a bad checkpoint is a usage error, not N file errors
+    except (ParamError, ValueError, RuntimeError, OSError) as exc:
+        print(f"tomocorioc run: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
     files = expand_inputs(args.inputs)
     if not files:
         print("tomocorioc run: no input files", file=sys.stderr)
         return 2
+    settings = ServiceSettings(params=params, cor_method=args.cor_method,
+                               model=str(args.model) if args.model else None, metric=args.metric,
+                               max_retries=args.retries)
+    if args.timeout:
+        settings.timeouts = {p: float(args.timeout) for p in settings.timeouts}
+    service = Service(args.state, slots, {"backend": args.backend, "tomocupy": args.tomocupy,
+                                          "device": args.device}, settings)
+    want = {p: (p in phases) for p in ("try", "infer", "full", "tomolog")}
+    new = set(service.enqueue([str(f) for f in files], want))
+    # Files already in a --state queue keep their rows (and their finished phases).
+    ids = [rid for rid in (service.queue.find(str(f.resolve())) for f in files) if rid is not None]
+    for rid in ids:
+        if rid in new:
+            _seed_cor(service, rid, options, phases)
     progress = _Progress(sys.stderr.isatty() and not args.json)
-    pipe = Pipeline(backend, params, options, progress)
-    if "infer" in options.phases:
-        try:
-            pipe.load_model()  # once for all files; a bad checkpoint is a usage error
-        except (ValueError, OSError, RuntimeError) as exc:
-            print(f"tomocorioc run: {exc}", file=sys.stderr)
-            return 2
-    results = []
-    for f in files:
-        res = pipe.run_file(f)
+    service.start()
+    try:
+        while not service.wait_idle(1.0):
+            rows = service.queue.rows()
+            progress("files", sum(r.current_phase is None for r in rows), len(rows))
+    except KeyboardInterrupt:
+        service.abort()
+        print("tomocorioc run: interrupted; running jobs cancelled", file=sys.stderr)
+    finally:
         progress.close()
-        results.append(res)
+        service.stop()
+    rows = {r.id: r for r in service.queue.rows()}
+    ok = True
+    for rid in ids:
+        res = _row_result(rows[rid])
+        ok &= res.status == "ok"
         _report(res, args.json)
-    return 0 if all(r.status == "ok" for r in results) else 1
+    return 0 if ok else 1
+
+
+def _seed_cor(service, rid: int, options: RunOptions, phases: List[str]) -> None:
+    """A COR for rows whose full phase runs without infer: --cor, else the existing COR file."""
+    if "infer" in phases or "full" not in phases:
+        return
+    if options.manual_cor is not None:
+        service.queue.set_cor(rid, options.manual_cor, "manual", "--cor")
+        return
+    from .core import layout
+    row = service.queue.row(rid)
+    try:
+        service.queue.set_cor(rid, layout.read_cor_file(layout.try_dir(row.path)), "file", layout.COR_FILE)
+    except (OSError, ValueError):
+        pass  # the full phase reports the missing COR on the row
+
+
+def _row_result(row) -> FileResult:
+    """A queue row as the CLI's per-file result."""
+    from .core.jobs import FINISHED_OK, PhaseState
+    asked = {p: s for p, s in row.state.items() if s is not PhaseState.OFF}
+    ok = bool(asked) and all(s in FINISHED_OK for s in asked.values())
+    error = row.error
+    if row.skipped:
+        ok, error = False, f"skipped: {row.skipped}"
+    if not ok and not error:
+        error = "; ".join(f"{p} {s.value}" for p, s in asked.items() if s not in FINISHED_OK)
+    return FileResult(file=row.path, status="ok" if ok else "failed", cor=row.cor, cor_source=row.cor_source,
+                      confidence=row.confidence, error=None if ok else error, needs_review=row.needs_review,
+                      estimate=row.estimate, phases={p: s.value for p, s in asked.items()},
+                      seconds=dict(row.timings), notes=list(row.notes))
 
 
 def _report(res: FileResult, as_json: bool) -> None:
@@ -162,12 +220,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--metric", choices=METRICS, default=DEFAULT_METRIC, help="classical image metric")
     run.add_argument("--cor", type=float, help="manual COR for the full phase when infer is not run")
     run.add_argument("--json", action="store_true", help="one JSON object per file on stdout")
+    run.add_argument("--gpus", help="GPU slots, e.g. 0,1,2,3 (default: all visible GPUs, else one CPU slot)")
+    run.add_argument("--timeout", type=float, help="per-phase timeout in seconds (default: try 1800, infer 900, "
+                     "full 7200)")
+    run.add_argument("--retries", type=int, default=1, help="re-runs after a worker dies or times out (default 1)")
+    run.add_argument("--state", type=Path, help="keep the queue in this state directory (default: in memory)")
     _add_recon_args(run)
     run.set_defaults(func=cmd_run)
 
     sim = sub.add_parser("simulate", help="write simulated DXfile scans with a known COR")
     add_simulate_arguments(sim)
     sim.set_defaults(func=_cmd_simulate)
+
+    fix = sub.add_parser("fix-outliers", help="Fix COR Outliers over a table of files and CORs")
+    from .series_command import add_fix_outliers_arguments
+    add_fix_outliers_arguments(fix)
+    fix.set_defaults(func=_cmd_fix_outliers)
 
     demo = sub.add_parser("demo", help="simulate a short series and run the whole pipeline on it")
     demo.add_argument("--outdir", type=Path, help="where to write (default: a new temporary folder)")
@@ -181,6 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from .sim.command import run_simulate
     return run_simulate(args)
+
+
+def _cmd_fix_outliers(args: argparse.Namespace) -> int:
+    from .series_command import run_fix_outliers
+    return run_fix_outliers(args)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -175,7 +175,7 @@ class Pipeline:
         res.phases["try"] = "done"
         res.seconds["try"] = round(out.seconds, 3)
 
-    def _infer(self, path: Path, res: FileResult) -> None:
+    def _infer(self, path: Path, res: FileResult, extra: Optional[Dict[str, Any]] = None) -> None:
         res.phases["infer"] = "running"
         t0 = time.perf_counter()
         folder = layout.try_dir(path)
@@ -208,6 +208,7 @@ class Pipeline:
         record.update({"method": source, "cor": choice.cor, "grid_cor": choice.grid_cor,
                        "confidence": choice.confidence, "estimate": res.estimate,
                        "needs_review": choice.needs_review, "notes": choice.notes})
+        record.update(extra or {})
         write_json(folder / layout.SCORES_FILE, record)
         res.cor, res.cor_source, res.confidence = choice.cor, source, choice.confidence
         res.needs_review = choice.needs_review

@@ -20,7 +20,7 @@ import re
 import zipfile
 from collections import Counter
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Tuple, Union
+from typing import Dict, Iterable, Mapping, Tuple, Union
 
 import torch
 
@@ -254,8 +254,3 @@ def random_tomocor_model(embed_dim: int = 384, depth: int = 2, img_size: int = 5
                 else:
                     p.zero_()
     return model.eval()
-
-
-def list_keys(path: Union[str, Path]) -> List[str]:
-    """Raw key names of a checkpoint (diagnostics)."""
-    return sorted(_state_dict(_read(Path(path)), Path(path)))

@@ -8,7 +8,7 @@ removed: the backbone lives under ``model.`` and the head modules are
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -39,7 +39,6 @@ class ArchInfo:
     module_prefix: bool = False
     source: str = ""
     n_params: int = 0
-    notes: tuple = field(default_factory=tuple)
 
     @property
     def num_heads(self) -> int:

@@ -3,7 +3,8 @@
 Reference path (any slice whose ×2-downsampled size is at least one window):
 
 1. downsample by 2 with an antialiased bilinear filter (PIL ``BILINEAR`` on a
-   float image; ``torch.nn.functional.interpolate(bilinear, antialias=True)``
+   float image, used as is on CPU; on other devices
+   ``torch.nn.functional.interpolate(bilinear, antialias=True)``, which
    reproduces it to ~1e-7), output size ``(h // 2, w // 2)``;
 2. min-max normalise over the slice, ``(x - min) / (max - min + 1e-8)``;
 3. requantise to 8 bits by truncation, ``floor(x * 255) / 255``;
@@ -43,6 +44,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -146,21 +148,68 @@ def as_2d(image: np.ndarray) -> np.ndarray:
 
 
 def prepare(image: np.ndarray, plan: ScalePlan, device: torch.device, quantize: bool = True,
-            max_nonfinite: float = 0.5) -> torch.Tensor:
-    """One slice -> the normalised (and padded) float32 image on ``device`` the windows are cut from."""
-    x = torch.from_numpy(np.ascontiguousarray(as_2d(image))).to(device)
+            max_nonfinite: float = 0.5, backend: Optional[str] = None) -> torch.Tensor:
+    """One slice -> the normalised (and padded) float32 image on ``device`` the windows are cut from.
+
+    ``backend`` 'numpy' (PIL resize, the reference's own code path; default on
+    CPU, where torch's thread pool makes these small ops slow on busy cores) or
+    'torch' (default elsewhere, runs on the device); both give the same image up
+    to one 8-bit level at quantisation boundaries.
+    """
+    backend = backend or ("numpy" if device.type == "cpu" else "torch")
+    if backend == "numpy":
+        return torch.from_numpy(_prepare_numpy(as_2d(image), plan, quantize, max_nonfinite)).to(device)
+    if backend != "torch":
+        raise ValueError(f"backend must be 'numpy' or 'torch', got {backend!r}")
+    return _prepare_torch(as_2d(image), plan, device, quantize, max_nonfinite)
+
+
+def _check_nonfinite(n_bad: int, size: int, max_nonfinite: float) -> None:
+    if n_bad / size > max_nonfinite:
+        raise UnscorableSlice(f"{100 * n_bad / size:.1f}% of the pixels are non-finite")
+
+
+def _lower_median(a: np.ndarray) -> np.float32:
+    """Lower median, like torch.median, so both backends fill and pad alike."""
+    k = (a.size - 1) // 2
+    return np.float32(np.partition(a.ravel(), k)[k])
+
+
+def _prepare_numpy(x: np.ndarray, plan: ScalePlan, quantize: bool, max_nonfinite: float) -> np.ndarray:
+    finite = np.isfinite(x)
+    n_bad = int(x.size - np.count_nonzero(finite))
+    if n_bad:
+        _check_nonfinite(n_bad, x.size, max_nonfinite)
+        # The median of the finite pixels is a value the slice already holds, so it
+        # does not stretch the min-max range the way 0 or an extreme could.
+        x = np.where(finite, x, _lower_median(x[finite])).astype(np.float32)
+    if plan.factor != 1:
+        sh, sw = plan.scaled_shape
+        x = np.asarray(Image.fromarray(np.ascontiguousarray(x, dtype=np.float32)).resize(
+            (sw, sh), Image.BILINEAR), dtype=np.float32)
+    lo, hi = x.min(), x.max()
+    if not hi > lo:
+        raise UnscorableSlice(f"constant image (all pixels {float(lo):g})")
+    x = (x - lo) / (hi - lo + np.float32(EPS))
+    if quantize:
+        x = (x * np.float32(255)).astype(np.uint8) / np.float32(255)
+    if any(plan.pad):
+        t, b, l, r = plan.pad
+        border = np.concatenate([x[0], x[-1], x[:, 0], x[:, -1]])
+        x = np.pad(x, ((t, b), (l, r)), mode="constant", constant_values=_lower_median(border))
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _prepare_torch(arr: np.ndarray, plan: ScalePlan, device: torch.device, quantize: bool,
+                   max_nonfinite: float) -> torch.Tensor:
+    x = torch.from_numpy(np.ascontiguousarray(arr)).to(device)
     finite = torch.isfinite(x)
     n_bad = int(x.numel() - finite.sum())
     if n_bad:
-        frac = n_bad / x.numel()
-        if frac > max_nonfinite:
-            raise UnscorableSlice(f"{100 * frac:.1f}% of the pixels are non-finite")
-        # The median of the finite pixels is a value the slice already holds, so it
-        # does not stretch the min-max range the way 0 or an extreme could.
-        fill = x[finite].median()
-        x = torch.where(finite, x, fill)
-        log.debug("replaced %d non-finite pixels by %g", n_bad, float(fill))
+        _check_nonfinite(n_bad, x.numel(), max_nonfinite)
+        x = torch.where(finite, x, x[finite].median())
     if plan.factor != 1:
+        # antialiased bilinear == PIL's BILINEAR resize to ~1e-7
         x = F.interpolate(x[None, None], size=plan.scaled_shape, mode="bilinear",
                           align_corners=False, antialias=True)[0, 0]
     lo, hi = x.min(), x.max()
@@ -200,12 +249,3 @@ def stack_plan(shapes: Sequence[Tuple[int, int]], window: int, n_windows: int = 
     if len([p for p in plans.values() if isinstance(p, ScalePlan)]) > 1:
         log.warning("stack mixes slice shapes %s; each shape gets its own windows", list(plans))
     return plans
-
-
-def maybe_shape(image: np.ndarray) -> Optional[Tuple[int, int]]:
-    """Shape a slice will be planned with, or None if it is not 2-D."""
-    try:
-        arr = as_2d(image)
-    except UnscorableSlice:
-        return None
-    return int(arr.shape[0]), int(arr.shape[1])

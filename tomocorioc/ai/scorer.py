@@ -7,15 +7,16 @@ head runs in float32 on the gathered features.
 
 Precision: ``dtype='auto'`` runs the backbone under ``torch.autocast`` in
 bfloat16 where the hardware has native bf16 (CUDA with bf16, CPUs with
-AVX512-BF16/AMX; float16 on older GPUs), else in float32.  Because bf16 moves
-the margins ``l1 - l0`` by ~1e-2 (measured: <= 0.005 on the fixture, ~0.01 on a
-random ViT-B), the candidates whose low-precision margin is within
-``refine_tol + 2 % of |best margin|`` of the best are re-scored in float32
-(``refine=True``), at most ``refine_max`` of them, best first.  The choice is
-then the float32 choice whenever the bf16 error is below half that tolerance
-and the contenders fit under the cap; a stack with more contenders than the
-cap is nearly flat (its ``margin_confidence`` is ~0), and that truncation is
-logged and shown in ``AIResult.dtype``.
+AVX512-BF16/AMX; float16 on older GPUs), else in float32.  bf16 moves the
+margins ``l1 - l0`` by ~1e-2 (measured: <= 0.005 on the fixture, ~0.01 on a
+random ViT-B), so with ``refine=True`` every candidate whose low-precision
+margin is within ``refine_tol + 2 % of |best margin|`` of the best is
+re-scored in float32 (none when the best is alone within that tolerance).
+The choice is then the float32 choice whenever the bf16 error is below half
+the tolerance.  A sharp stack (a trained model) re-scores 0-3 slices; a flat
+one (random weights) re-scores most of them.  ``refine_max`` caps the number
+of re-scored slices for speed at the price of that guarantee on flat stacks
+(the truncation is logged and shown in ``AIResult.dtype``).
 """
 from __future__ import annotations
 
@@ -23,9 +24,11 @@ import logging
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from contextlib import nullcontext as _nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import tifffile
@@ -41,11 +44,11 @@ log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-CPU_BATCH = 4  # CPU throughput is flat or worse above a few 518-px windows per call
+CPU_BATCH = 2  # measured: 1-3 windows per call are equal on CPU, 6 is ~15 % slower (bf16)
 MAX_GPU_BATCH = 256
 REFINE_TOL = 0.1  # logits; ~10x the bf16 margin error measured on the fixture and ViT-B
 REFINE_REL = 0.02  # plus 2 % of |best margin|: bf16 error grows with the logit scale
-REFINE_MAX = 5  # one candidate either side of a +-2 neighbourhood
+REFINE_MAX: Optional[int] = None  # no cap: the float32 choice is kept (see module doc)
 
 
 class AIInputError(ValueError):
@@ -110,18 +113,49 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def auto_batch_size(arch: ArchInfo, device: torch.device, dtype: torch.dtype) -> int:
-    """Windows per backbone call: fixed small on CPU, half the free memory on CUDA."""
-    if device.type != "cuda":
-        return CPU_BATCH
-    free, _ = torch.cuda.mem_get_info(device)
+def batch_for_memory(arch: ArchInfo, free_bytes: int, dtype: torch.dtype) -> int:
+    """Windows per backbone call that fit in half of ``free_bytes`` (at most MAX_GPU_BATCH)."""
     tokens = 1 + arch.grid * arch.grid
     elt = torch.finfo(dtype).bits // 8
     # Peak live activations of one block per window (x, qkv, MLP hidden and its
     # GELU, ~12*D per token) plus a dense attention matrix in case SDPA falls
     # back to the math kernel; float32 input window on top.
     per_window = tokens * (12 * arch.embed_dim + arch.num_heads * tokens) * elt + 3 * arch.img_size ** 2 * 4
-    return int(max(1, min(MAX_GPU_BATCH, (free // 2) // per_window)))
+    return int(max(1, min(MAX_GPU_BATCH, (free_bytes // 2) // per_window)))
+
+
+def auto_batch_size(arch: ArchInfo, device: torch.device, dtype: torch.dtype) -> int:
+    """Windows per backbone call: fixed small on CPU, sized to free memory on CUDA."""
+    if device.type != "cuda":
+        return CPU_BATCH
+    free, _ = torch.cuda.mem_get_info(device)
+    return batch_for_memory(arch, free, dtype)
+
+
+@contextmanager
+def ieee_fp32(device: torch.device) -> Iterator[None]:
+    """Disable TF32 on CUDA inside the block: cuDNN convolutions default to TF32,
+    which would make the float32 pass (and the refinement) less exact than on CPU."""
+    if device.type != "cuda":
+        yield
+        return
+    new_api = hasattr(torch.backends.cudnn, "conv") and hasattr(torch.backends.cudnn.conv, "fp32_precision")
+    if new_api:
+        targets = [torch.backends.cudnn.conv, torch.backends.cuda.matmul]
+        saved = [t.fp32_precision for t in targets]
+        for t in targets:
+            t.fp32_precision = "ieee"
+    else:  # torch < 2.9
+        saved = [torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32]
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        if new_api:
+            for t, v in zip(targets, saved):
+                t.fp32_precision = v
+        else:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 class AIScorer:
@@ -129,9 +163,9 @@ class AIScorer:
 
     def __init__(self, checkpoint_path: Union[str, Path], device: Optional[str] = None,
                  dtype: str = "auto", batch_size: Optional[int] = None, *, refine: bool = True,
-                 refine_tol: float = REFINE_TOL, refine_max: int = REFINE_MAX, n_windows: int = pp.N_WINDOWS, seed: int = pp.SEED,
-                 max_nonfinite: float = 0.5, neighbourhood: int = NEIGHBOURHOOD,
-                 quantize: bool = True) -> None:
+                 refine_tol: float = REFINE_TOL, refine_max: Optional[int] = REFINE_MAX,
+                 n_windows: int = pp.N_WINDOWS, seed: int = pp.SEED, max_nonfinite: float = 0.5,
+                 neighbourhood: int = NEIGHBOURHOOD, quantize: bool = True) -> None:
         """Load the checkpoint strictly (CheckpointError) onto ``device``."""
         self.device = resolve_device(device)
         self.model: TomocorClassifier
@@ -141,7 +175,8 @@ class AIScorer:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size or auto_batch_size(self.arch, self.device, self.dtype)
         self.refine = refine
-        self.refine_tol, self.refine_max = float(refine_tol), int(refine_max)
+        self.refine_tol = float(refine_tol)
+        self.refine_max = None if refine_max is None else int(refine_max)
         self.n_windows, self.seed = int(n_windows), int(seed)
         self.max_nonfinite, self.neighbourhood, self.quantize = max_nonfinite, neighbourhood, quantize
         self.checkpoint_path = Path(checkpoint_path)
@@ -154,8 +189,9 @@ class AIScorer:
         """(M, D) float32 CLS features of the windows ``items`` = [(slice index, corner)]."""
         s = self.arch.img_size
         out = []
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype,
-                                                    enabled=low_precision):
+        strict = ieee_fp32(self.device) if not low_precision else _nullcontext()
+        with strict, torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype,
+                                                            enabled=low_precision):
             for start in range(0, len(items), self.batch_size):
                 chunk = items[start:start + self.batch_size]
                 crops = pp.crop_windows([images[i] for i, _ in chunk], [c for _, c in chunk], s)
@@ -229,10 +265,11 @@ class AIScorer:
         low = self.dtype != torch.float32
         logits = self._logits(indices, prepared, plans, low_precision=low)
         refined: List[int] = []
-        n_near = 0
+        n_near, capped = 0, False
         if low and self.refine:
             refined, n_near = self._contenders(logits)
-            if n_near > self.refine_max:
+            capped = self.refine_max is not None and n_near > self.refine_max
+            if capped:
                 log.info("%d candidates within the bf16 tolerance; re-scoring the best %d in float32",
                          n_near, self.refine_max)
             if refined:
@@ -249,8 +286,7 @@ class AIScorer:
         tied = [centers[i] for i in r.tied_indices if i != best] + [centers[best]]
         dtype_name = str(self.dtype).replace("torch.", "")
         if refined:
-            capped = f" of {n_near}" if n_near > self.refine_max else ""
-            dtype_name += f"+float32-refine({len(refined)}{capped})"
+            dtype_name += f"+float32-refine({len(refined)}{f' of {n_near}' if capped else ''})"
         result = AIResult(
             centers=centers, logits=rows, scores=r.scores, margins=r.margins, best_index=best,
             cor=centers[best], margin_confidence=r.margin_confidence,
@@ -272,8 +308,11 @@ class AIScorer:
         top = max(finite.values())
         tol = self.refine_tol + REFINE_REL * abs(top)
         near = sorted((i for i, m in finite.items() if m >= top - tol), key=lambda i: -finite[i])
+        if len(near) == 1 and not bad:
+            return [], 1  # a clear winner: float32 cannot pick another candidate
         # Non-finite low-precision logits (fp16 overflow) are always recomputed.
-        return sorted(near[:self.refine_max] + bad), len(near)
+        keep = near if self.refine_max is None else near[:self.refine_max]
+        return sorted(keep + bad), len(near)
 
     def score_try_folder(self, folder: Union[str, Path]) -> AIResult:
         """Score the ``recon_slice*_center*.tiff`` stack of one try folder."""
@@ -308,7 +347,8 @@ def get_scorer(checkpoint_path: Union[str, Path], device: Optional[str] = None, 
     """A cached :class:`AIScorer` for this checkpoint file version, device and settings."""
     path = Path(checkpoint_path).resolve()
     st = path.stat() if path.is_file() else None
-    key = (str(path), st and st.st_mtime_ns, st and st.st_size, str(resolve_device(device)), dtype, batch_size)
+    key = (str(path), st and st.st_mtime_ns, st and st.st_size, str(resolve_device(device)),
+           dtype, batch_size)
     if key in _CACHE:
         _CACHE.move_to_end(key)
         return _CACHE[key]

@@ -1,0 +1,118 @@
+"""The dispatcher with real worker processes: flow, persistence of worker state, timeouts, crashes."""
+import os
+import time
+
+import pytest
+
+from tomocorioc.core.jobs import PhaseState as S
+from tomocorioc.core.queue import JobQueue
+from tomocorioc.dispatch.dispatcher import Dispatcher, SlotSpec, slots_for
+
+TRIVIAL = "tomocorioc.dispatch.trivial:make_runner"
+
+
+def make(jobs, nslots=2, timeouts=None, retries=0, events=None):
+    """jobs: {path: action dict}; every phase of a row runs that action."""
+    q = JobQueue(max_retries=retries)
+    ids = q.add(list(jobs), phases={"try": True, "infer": False, "full": False})
+    by_path = {q.row(i).path: spec for i, spec in zip(ids, jobs.values())}
+    d = Dispatcher(q, [SlotSpec(f"s{i}", {"CUDA_VISIBLE_DEVICES": str(i)}) for i in range(nslots)], TRIVIAL, {},
+                   lambda row, phase: dict(by_path[row.path], path=row.path, phase=phase),
+                   timeouts=timeouts or {}, on_event=(lambda k, d: events.append((k, d))) if events is not None else None)
+    q._on_change = lambda *a: d.wake()
+    return q, ids, d
+
+
+def wait_for(pred, timeout=60):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_jobs_run_on_all_slots_and_workers_persist(tmp_path):
+    events = []
+    q, ids, d = make({f"/d/a_{i}.h5": {"action": "sleep", "seconds": 0.05} for i in range(8)}, events=events)
+    d.start()
+    try:
+        assert wait_for(lambda: all(q.row(i).state["try"] is S.DONE for i in ids))
+    finally:
+        d.stop()
+    done = [e for k, e in events if k == "finished"]
+    assert len(done) == 8 and {e["slot"] for e in done} == {"s0", "s1"}
+    starts = [e for k, e in events if k == "started"]
+    assert len(starts) == 8
+
+
+def test_killed_worker_is_restarted_and_job_failed_others_continue():
+    q, ids, d = make({"/d/c_1.h5": {"action": "crash"}, "/d/c_2.h5": {"action": "ok"},
+                      "/d/c_3.h5": {"action": "ok"}}, nslots=1)
+    d.start()
+    try:
+        assert wait_for(lambda: q.idle() and q.row(ids[2]).state["try"] is S.DONE)
+        r = q.row(ids[0])
+        assert r.state["try"] is S.FAILED and "worker died (exit code 3)" in r.error
+        assert q.row(ids[1]).state["try"] is S.DONE
+    finally:
+        d.stop()
+
+
+def test_timeout_kills_the_process_tree_and_only_that_slot(tmp_path):
+    pidfile = tmp_path / "child.pid"
+    q, ids, d = make({"/d/h_1.h5": {"action": "child-hang", "pidfile": str(pidfile)},
+                      "/d/h_2.h5": {"action": "sleep", "seconds": 0.2},
+                      "/d/h_3.h5": {"action": "sleep", "seconds": 0.2}}, nslots=2, timeouts={"try": 3.0})
+    d.start()
+    try:
+        assert wait_for(lambda: q.row(ids[2]).state["try"] is S.DONE, 30)
+        assert q.row(ids[0]).state["try"] is S.RUNNING  # the other slot carried on meanwhile
+        assert wait_for(lambda: q.row(ids[0]).state["try"] is S.FAILED, 30)
+        assert "timed out after 3 s" in q.row(ids[0]).error
+        child = int(pidfile.read_text())
+        assert wait_for(lambda: not _alive(child), 10), "the hung child must die with its worker"
+    finally:
+        d.stop()
+
+
+def test_retry_after_worker_death():
+    q, ids, d = make({"/d/r_1.h5": {"action": "crash"}}, nslots=1, retries=2)
+    d.start()
+    try:
+        assert wait_for(lambda: q.row(ids[0]).state["try"] is S.FAILED, 60)
+        assert q.row(ids[0]).attempts == 3  # first run + 2 retries
+    finally:
+        d.stop()
+
+
+def test_abort_kills_running_job():
+    q, ids, d = make({"/d/x_1.h5": {"action": "hang"}, "/d/x_2.h5": {"action": "ok"}}, nslots=1)
+    d.start()
+    try:
+        assert wait_for(lambda: q.row(ids[0]).state["try"] is S.RUNNING)
+        d.kill_running(q.abort())
+        assert all(q.row(i).status == "cancelled" for i in ids)
+        q.retry_failed([ids[1]])
+        assert wait_for(lambda: q.row(ids[1]).state["try"] is S.DONE, 30)  # the slot came back
+    finally:
+        d.stop()
+
+
+def test_slots_from_gpus():
+    assert [s.env["CUDA_VISIBLE_DEVICES"] for s in slots_for("0,2")] == ["0", "2"]
+    assert slots_for("")[0].name == "cpu0"
+    with pytest.raises(ValueError):
+        slots_for("a,b")
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purpose
+        with open(f"/proc/{pid}/status") as fh:
+            return "zombie" not in fh.read()
+    except OSError:
+        return False

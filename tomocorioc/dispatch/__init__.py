@@ -1,0 +1,1 @@
+"""Dispatcher and supervised worker processes (one per GPU slot)."""

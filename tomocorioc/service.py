@@ -1,0 +1,184 @@
+"""The pipeline service: durable queue + dispatcher + settings + series tools.
+
+This is what the CLI's ``run`` and the IOC drive.  Every operation is a short
+call that validates, mutates the queue (which writes the store) and wakes the
+dispatcher; the work happens in the worker processes.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional
+
+from .core import sidecar
+from .core.jobs import PHASES, Row
+from .core.params import ReconParams
+from .core.queue import JobQueue
+from .dispatch.dispatcher import Dispatcher, SlotSpec
+from .store import StateStore
+
+log = logging.getLogger(__name__)
+
+RUNNER = "tomocorioc.dispatch.phases:make_runner"
+
+
+@dataclass
+class ServiceSettings:
+    """Service-wide settings (persisted in the store)."""
+
+    params: ReconParams = field(default_factory=ReconParams)
+    cor_method: str = "auto"
+    model: Optional[str] = None
+    metric: str = "entropy"
+    timeouts: Dict[str, float] = field(default_factory=lambda: {"try": 1800.0, "infer": 900.0, "full": 7200.0,
+                                                                 "tomolog": 600.0})
+    max_retries: int = 1
+    series_barrier: bool = False
+    auto_fix_outliers: bool = False
+    max_cor_delta: float = 50.0
+    skip_threshold: float = 0.5
+    tomolog: Dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-able form."""
+        d = asdict(self)
+        d["params"] = self.params.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "ServiceSettings":
+        """Inverse of to_dict (unknown keys ignored, so old state files still load)."""
+        d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        if "params" in d:
+            d["params"] = ReconParams.from_dict(d["params"])
+        return cls(**d)
+
+
+class Service:
+    """Owns the store, the queue and the dispatcher."""
+
+    def __init__(self, state_dir: Optional[Path], slots: List[SlotSpec], runner_config: Optional[Dict[str, Any]] = None,
+                 settings: Optional[ServiceSettings] = None, factory: str = RUNNER) -> None:
+        self.store = StateStore(state_dir)
+        saved = self.store.settings().get("service")
+        self.settings = settings or (ServiceSettings.from_dict(saved) if saved else ServiceSettings())
+        # An Event, not a Condition: _persist runs under the queue's lock, and a
+        # waiter holding a Condition while asking the queue would invert the order.
+        self._changed = threading.Event()
+        self.queue = JobQueue(on_change=self._persist, max_retries=self.settings.max_retries,
+                              series_barrier=self.settings.series_barrier)
+        self.queue.load(self.store.load_rows(), self.store.meta("fixed_series", []))
+        self.dispatcher = Dispatcher(self.queue, slots, factory, runner_config or {}, self.build_job,
+                                     timeouts=self.settings.timeouts, on_series_ready=self._series_ready)
+        self.messages: List[str] = []
+        self.store.set_setting("service", self.settings.to_dict())
+
+    # -- lifecycle -------------------------------------------------------------
+    def start(self) -> None:
+        """Start the workers and the dispatch loop."""
+        self.dispatcher.start()
+
+    def stop(self) -> None:
+        """Stop workers and close the store (running jobs are re-queued on the next start)."""
+        self.dispatcher.stop()
+        self.store.close()
+
+    def _persist(self, rows: List[Row], events: List[dict], removed: List[int]) -> None:
+        for e in events:
+            e.setdefault("path", next((r.path for r in rows if r.id == e["row_id"]), None))
+        order = [r.id for r in self.queue._rows] if rows or removed else None
+        self.store.save(rows, events, removed, order)
+        self.store.set_meta("fixed_series", sorted(self.queue.fixed_series))
+        self._changed.set()
+        if hasattr(self, "dispatcher"):
+            self.dispatcher.wake()
+
+    def notice(self, msg: str) -> None:
+        """Record a one-line operator message."""
+        log.warning("%s", msg)
+        self.messages.append(msg)
+        del self.messages[:-100]
+
+    # -- jobs --------------------------------------------------------------------
+    def params_for(self, path: str) -> ReconParams:
+        """Global parameters overlaid with the dataset's sidecar."""
+        params, warning = sidecar.resolve(path, self.settings.params)
+        if warning:
+            self.notice(warning)
+        return params
+
+    def build_job(self, row: Row, phase: str) -> Dict[str, Any]:
+        """The dict a worker receives for one phase of one row."""
+        return {"path": row.path, "phase": phase, "params": self.params_for(row.path).to_dict(), "cor": row.cor,
+                "cor_method": self.settings.cor_method, "model": self.settings.model, "metric": self.settings.metric,
+                "tomolog": self.settings.tomolog}
+
+    # -- operations ------------------------------------------------------------
+    def enqueue(self, paths: Iterable[str], phases: Optional[Dict[str, bool]] = None) -> List[int]:
+        """Add files; then auto-skip undersized scans in the touched series."""
+        ids = self.queue.add([str(p) for p in paths], phases)
+        if ids:
+            self.auto_skip({self.queue.row(i).series for i in ids})
+        return ids
+
+    def abort(self) -> int:
+        """Cancel everything; running workers are killed and restarted."""
+        running = self.queue.abort()
+        self.dispatcher.kill_running(running)
+        return len(running)
+
+    def auto_skip(self, series: Optional[Iterable[str]] = None) -> List[str]:
+        """Disable scans much smaller than their series' median (aborted acquisitions)."""
+        from .core import series as series_tools
+        rows = [r for r in self.queue.rows() if series is None or r.series in set(series)]
+        skipped = []
+        for item in series_tools.find_undersized([r.path for r in rows], self.settings.skip_threshold):
+            rid = self.queue.find(item.file)
+            if rid is not None and not self.queue.row(rid).skipped and not self.queue.row(rid).running_phase:
+                self.queue.mark_skipped(rid, item.reason)
+                skipped.append(item.file)
+                self.notice(f"skipped {Path(item.file).name}: {item.reason}")
+        return skipped
+
+    def fix_outliers(self, ids: Optional[Iterable[int]] = None) -> List[Dict[str, Any]]:
+        """Fix COR Outliers over the selected rows (all rows when None); returns the changes."""
+        from .core import series as series_tools
+        rows = self.queue.rows()
+        selected = set(ids) if ids is not None else {r.id for r in rows}
+        table = [{"file": r.path, "cor": r.cor, "selected": r.id in selected} for r in rows]
+        result = series_tools.fix_cor_outliers(table, max_delta=self.settings.max_cor_delta)
+        changes = []
+        for ch in result.changes:
+            row = rows[ch.row]
+            self.queue.set_cor(row.id, ch.new, ch.source, ch.reason)
+            changes.append({"file": row.path, "old": ch.old, "new": ch.new, "reason": ch.reason})
+        for s in result.unfilled_series:
+            self.notice(f"series {s!r}: no COR to fill from")
+        return changes
+
+    def _series_ready(self, series: str) -> None:
+        ids = [r.id for r in self.queue.rows() if r.series == series]
+        self.fix_outliers(ids)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until nothing runs and nothing can start (True), or the timeout (False)."""
+        end = time.monotonic() + timeout
+        while True:
+            self._changed.clear()  # before the check, so a change in between is not lost
+            if self.queue.idle():
+                return True
+            left = end - time.monotonic()
+            if left <= 0:
+                return False
+            self._changed.wait(min(left, 1.0))
+
+    def summary(self) -> Dict[str, int]:
+        """Counts of rows by status."""
+        from .core.jobs import row_summary
+        return row_summary(self.queue.rows())
+
+
+__all__ = ["Service", "ServiceSettings", "PHASES"]
