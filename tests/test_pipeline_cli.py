@@ -113,3 +113,15 @@ def test_far_offcentre_axis_grid_follows_sinogram_estimate(tmp_path):
     assert abs(rec["cor"] - t["cor"]) < 0.5
     assert any("centred on the sinogram estimate" in n for n in rec["notes"])
     assert abs(rec["estimate"] - t["cor"]) < 1.0
+
+
+def test_second_run_skips_phases_with_same_parameters(series):
+    d, truth = series
+    f = d / truth[0]["file"]
+    run_cli("run", f, "--backend", "torch", *FAST, check=True)
+    p = run_cli("run", f, "--json", "--backend", "torch", *FAST, check=True)
+    rec = json.loads(p.stdout)
+    assert rec["phases"] == {"try": "up-to-date", "infer": "up-to-date", "full": "up-to-date"}
+    # a changed parameter redoes try (and what depends on it)
+    p = run_cli("run", f, "--json", "--backend", "torch", "--search-width", "6", check=True)
+    assert json.loads(p.stdout)["phases"]["try"] == "done"

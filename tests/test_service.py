@@ -102,3 +102,21 @@ def test_service_dispatches_with_trivial_runner(tmp_path):
     finally:
         svc.stop()
     assert all(svc.queue.row(i).status == "done" for i in ids)
+
+
+def test_rot_cen_round_trip_and_apply_params(tmp_path):
+    d = tmp_path / "data"
+    d.mkdir()
+    files = [str(d / f"r_{i}.h5") for i in range(1, 4)]
+    svc = Service(None, [SlotSpec("a")], {}, factory=TRIVIAL)
+    ids = svc.enqueue(files)
+    svc.queue.set_cor(ids[0], 1024.5, "classical")
+    out = svc.export_rot_cen(tmp_path / "rot_cen.json")
+    data = json.loads(out.read_text())
+    assert data[files[0]] == "1024.5" and data[files[1]] == ""
+    (tmp_path / "in.json").write_text(json.dumps({files[1]: "1001.25", "/elsewhere/x.h5": "5"}))
+    assert svc.import_rot_cen(tmp_path / "in.json") == 1
+    assert svc.queue.row(ids[1]).cor == 1001.25 and svc.queue.row(ids[1]).cor_source == "imported"
+    sidecar.write(files[0], ReconParams(binning=1), ReconParams())
+    assert svc.apply_params(ids[0], ids) == 2
+    assert all(svc.params_for(f).binning == 1 for f in files)

@@ -159,6 +159,34 @@ class Service:
             self.notice(f"series {s!r}: no COR to fill from")
         return changes
 
+    def apply_params(self, source_id: int, target_ids: Iterable[int]) -> int:
+        """'Apply to selected': copy one row's sidecar to other rows; returns how many were written."""
+        src = self.queue.row(source_id).path
+        n = 0
+        for rid in target_ids:
+            if rid == source_id:
+                continue
+            sidecar.copy_to(src, self.queue.row(rid).path)
+            n += 1
+        return n
+
+    def import_rot_cen(self, path: Path) -> int:
+        """Set CORs from TomoGUI's rot_cen.json for rows in the queue (source 'imported')."""
+        from .core.rotcen import read_rot_cen
+        n = 0
+        for file, cor in read_rot_cen(path).items():
+            rid = self.queue.find(file)
+            if rid is not None and cor is not None:
+                self.queue.set_cor(rid, cor, "imported", f"from {Path(path).name}")
+                n += 1
+        return n
+
+    def export_rot_cen(self, path: Path) -> Path:
+        """Write every row's COR to a TomoGUI rot_cen.json (merging with what is there)."""
+        from .core.rotcen import update_rot_cen
+        update_rot_cen(path, {r.path: r.cor for r in self.queue.rows()})
+        return Path(path)
+
     def _series_ready(self, series: str) -> None:
         ids = [r.id for r in self.queue.rows() if r.series == series]
         self.fix_outliers(ids)

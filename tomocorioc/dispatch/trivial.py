@@ -21,6 +21,7 @@ def make_runner(config: Dict[str, Any]) -> Callable[[Dict[str, Any]], Dict[str, 
 
     def run(job: Dict[str, Any]) -> Dict[str, Any]:
         state["jobs"] += 1
+        t_start = time.time()
         action = job.get("action", "ok")
         base = {"pid": os.getpid(), "jobs": state["jobs"], "env_gpu": os.environ.get("CUDA_VISIBLE_DEVICES")}
         if action == "sleep":
@@ -37,6 +38,7 @@ def make_runner(config: Dict[str, Any]) -> Callable[[Dict[str, Any]], Dict[str, 
                 with open(job["pidfile"], "w") as fh:
                     fh.write(str(child.pid))
             time.sleep(3600)
-        return {**base, "success": True, "msg": f"{action} done", "cor": job.get("cor_out")}
+        return {**base, "success": True, "msg": f"{action} done", "cor": job.get("cor_out"), "t_start": t_start,
+                "t_end": time.time()}
 
     return run
