@@ -115,6 +115,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise ValueError("--timeout must be > 0 seconds")
         if args.backend == "tomocupy":
             make_backend("tomocupy", args.tomocupy)  # fail now, not once per file
+        tomolog = _tomolog_settings(args) if "tomolog" in phases else {}
         if options.model and "infer" in phases and options.cor_method != "classical":
             from .ai import load_checkpoint
             load_checkpoint(options.model)  # a bad checkpoint is a usage error, not N file errors
@@ -127,7 +128,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     settings = ServiceSettings(params=params, cor_method=args.cor_method,
                                model=str(args.model) if args.model else None, metric=args.metric,
-                               max_retries=args.retries)
+                               max_retries=args.retries, tomolog=tomolog)
     if args.timeout:
         settings.timeouts = {p: float(args.timeout) for p in settings.timeouts}
     service = Service(args.state, slots, {"backend": args.backend, "tomocupy": args.tomocupy,
@@ -158,6 +159,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         ok &= res.status == "ok"
         _report(res, args.json)
     return 0 if ok else 1
+
+
+def _tomolog_settings(args: argparse.Namespace) -> dict:
+    """TomoLog settings from the command line, validated now (a usage error, not N file errors)."""
+    from .tomolog import TomoLogSettings
+    s = TomoLogSettings(presentation_url=args.tomolog_url or "", cloud_service=args.cloud_service,
+                        beamline=args.beamline, vmin=args.tomolog_min, vmax=args.tomolog_max, note=args.note or "")
+    return s.to_dict()
 
 
 def _seed_cor(service, rid: int, options: RunOptions, phases: List[str]) -> None:
@@ -213,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="try -> infer -> full for files or directories")
     run.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR")
-    run.add_argument("--phases", default=",".join(PHASES), help="comma list of try,infer,full (default all)")
+    run.add_argument("--phases", default=",".join(PHASES),
+                     help="comma list of try,infer,full,tomolog (default try,infer,full)")
     run.add_argument("--cor-method", choices=COR_METHODS, default="auto",
                      help="auto: ai when --model is given, else classical")
     run.add_argument("--model", type=Path, help="tomocor checkpoint (.pt) for the AI scorer")
@@ -225,6 +235,13 @@ def build_parser() -> argparse.ArgumentParser:
                      "full 7200)")
     run.add_argument("--retries", type=int, default=1, help="re-runs after a worker dies or times out (default 1)")
     run.add_argument("--state", type=Path, help="keep the queue in this state directory (default: in memory)")
+    tl = run.add_argument_group("TomoLog (phase tomolog)")
+    tl.add_argument("--tomolog-url", help="Google Slides presentation URL")
+    tl.add_argument("--cloud-service", default="imgur", help="imgur or aps (default imgur)")
+    tl.add_argument("--beamline", default="None", help="beamline slide template (default: generic)")
+    tl.add_argument("--tomolog-min", type=float, help="display minimum (blank: 5-95 %% auto contrast)")
+    tl.add_argument("--tomolog-max", type=float, help="display maximum")
+    tl.add_argument("--note", help="text added to the slide")
     _add_recon_args(run)
     run.set_defaults(func=cmd_run)
 

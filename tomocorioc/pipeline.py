@@ -30,6 +30,7 @@ from .recon.preprocess import preprocess
 log = logging.getLogger(__name__)
 
 PHASES = ("try", "infer", "full")
+RUN_PHASES = PHASES + ("tomolog",)  # tomolog runs in the service's worker, not in Pipeline
 COR_METHODS = ("auto", "ai", "classical")
 # Errors that fail one file and let the others go on.  Anything else is a bug
 # and should surface with a traceback.
@@ -73,9 +74,10 @@ class RunOptions:
     agree_tolerance: float = 2.0
 
     def __post_init__(self) -> None:
-        bad = [p for p in self.phases if p not in PHASES]
+        bad = [p for p in self.phases if p not in RUN_PHASES]
         if bad or not self.phases:
-            raise ParamError(f"phases must be a non-empty subset of {','.join(PHASES)}; got {','.join(self.phases)}")
+            raise ParamError(f"phases must be a non-empty subset of {','.join(RUN_PHASES)}; "
+                             f"got {','.join(self.phases)}")
         if self.cor_method not in COR_METHODS:
             raise ParamError(f"cor method must be one of {', '.join(COR_METHODS)}, got {self.cor_method!r}")
         if self.cor_method == "ai" and not self.model:
@@ -146,15 +148,15 @@ class Pipeline:
                 res.estimate = sinogram_estimate(scan, self.params)
                 ncols = scan.ncols
             if "try" in self.options.phases:
-                self._try(path, res, ncols)
+                self.run_try(path, res, ncols)
             if "infer" in self.options.phases:
-                self._infer(path, res)
+                self.run_infer(path, res)
             elif self.options.manual_cor is not None:
                 res.cor, res.cor_source = float(self.options.manual_cor), "manual"
             elif "full" in self.options.phases:
                 self._cor_from_file(path, res)
             if "full" in self.options.phases:
-                self._full(path, res)
+                self.run_full(path, res)
             res.status = "ok"
         except FILE_ERRORS as exc:
             res.status = "failed"
@@ -162,7 +164,8 @@ class Pipeline:
             log.error("%s: %s", path, res.error)
         return res
 
-    def _try(self, path: Path, res: FileResult, ncols: int) -> None:
+    def run_try(self, path: Path, res: FileResult, ncols: int) -> None:
+        """Phase A: the try stack, its grid centred as the sinogram estimate requires."""
         res.phases["try"] = "running"
         axis = self.params.rotation_axis
         if axis is None:
@@ -175,7 +178,8 @@ class Pipeline:
         res.phases["try"] = "done"
         res.seconds["try"] = round(out.seconds, 3)
 
-    def _infer(self, path: Path, res: FileResult, extra: Optional[Dict[str, Any]] = None) -> None:
+    def run_infer(self, path: Path, res: FileResult, extra: Optional[Dict[str, Any]] = None) -> None:
+        """Phase B: score the try stack, choose the COR, write center_of_rotation.txt and the scores."""
         res.phases["infer"] = "running"
         t0 = time.perf_counter()
         folder = layout.try_dir(path)
@@ -225,7 +229,8 @@ class Pipeline:
                              "(run infer or pass --cor)") from None
         res.cor_source = "file"
 
-    def _full(self, path: Path, res: FileResult) -> None:
+    def run_full(self, path: Path, res: FileResult) -> None:
+        """Phase C: the volume at ``res.cor``."""
         if res.cor is None:
             raise ReconError("no COR for the full phase")
         res.phases["full"] = "running"

@@ -110,7 +110,7 @@ def make_runner(config: Dict[str, Any]) -> Callable[[Dict[str, Any]], Dict[str, 
             with DXFile(path) as scan:
                 res.estimate = sinogram_estimate(scan, params)
                 ncols = scan.ncols
-            pipe._try(path, res, ncols)
+            pipe.run_try(path, res, ncols)
             return {"success": True, "msg": "; ".join(res.notes) or "try done", "seconds": res.seconds.get("try", 0),
                     "estimate": res.estimate, "notes": res.notes}
         if phase == "infer":
@@ -125,7 +125,7 @@ def make_runner(config: Dict[str, Any]) -> Callable[[Dict[str, Any]], Dict[str, 
             from ..pipeline import sinogram_estimate
             with DXFile(path) as scan:
                 res.estimate = sinogram_estimate(scan, params)
-            pipe._infer(path, res, extra={"inputs": inputs})
+            pipe.run_infer(path, res, extra={"inputs": inputs})
             return {"success": True, "msg": "; ".join(res.notes) or "infer done", "cor": res.cor,
                     "cor_source": res.cor_source, "confidence": res.confidence, "needs_review": res.needs_review,
                     "estimate": res.estimate, "notes": res.notes}
@@ -136,7 +136,7 @@ def make_runner(config: Dict[str, Any]) -> Callable[[Dict[str, Any]], Dict[str, 
             if not job.get("force") and full_up_to_date(path, params, float(cor)):
                 return {"success": True, "up_to_date": True, "msg": "full outputs up to date"}
             res.cor = float(cor)
-            pipe._full(path, res)
+            pipe.run_full(path, res)
             return {"success": True, "msg": "full done"}
         if phase == "tomolog":
             from ..tomolog import run_phase as tomolog_phase
