@@ -17,6 +17,7 @@ setup(
         "torchvision>=0.15",
         "timm>=0.9",
         "tqdm>=4.60",
+        "pillow>=9",
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-timeout>=2"],

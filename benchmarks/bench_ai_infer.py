@@ -43,7 +43,7 @@ REPO = HERE.parent
 
 
 # --------------------------------------------------------------------------- workers
-def reference_worker(checkpoint: str, folder: str) -> None:
+def reference_worker(checkpoint: str, folder: str, device: str = "cpu") -> None:
     """The reference way, in this fresh process: rebuild, load, one slice per forward."""
     t0 = time.perf_counter()
     import tifffile
@@ -78,7 +78,7 @@ def reference_worker(checkpoint: str, folder: str) -> None:
 
     net = Net()
     net.load_state_dict(sd, strict=False)
-    net.eval()
+    net.eval().to(device)
     t_load = time.perf_counter() - t0
     win = grid * patch
     names = sorted(Path(folder).glob("recon_slice*_center*.tiff"),
@@ -102,9 +102,9 @@ def reference_worker(checkpoint: str, folder: str) -> None:
                 corners.append((int(np.clip(r - win // 2, 0, rows - win - 1)),
                                 int(np.clip(c - win // 2, 0, cols - win - 1))))
         crops = np.stack([x[r:r + win, c:c + win] for r, c in corners]).astype(np.float32)
-        t = torch.from_numpy(crops)[:, None].repeat(1, 3, 1, 1)
+        t = torch.from_numpy(crops)[:, None].repeat(1, 3, 1, 1).to(device)
         with torch.no_grad():
-            logits.append(net(t).tolist())
+            logits.append(net(t).cpu().tolist())
     scores = [float(torch.softmax(torch.tensor(lg), 0)[1]) for lg in logits]
     centers = [float(p.stem.split("_center")[1]) for p in names]
     best = max(scores)
@@ -112,7 +112,7 @@ def reference_worker(checkpoint: str, folder: str) -> None:
                       "load_s": t_load}))
 
 
-def persistent_worker(checkpoint: str, dtype: str) -> None:
+def persistent_worker(checkpoint: str, dtype: str, device: str = "cpu") -> None:
     """tomocorioc's way: load once, then score every folder sent on stdin."""
     t0 = time.perf_counter()
     sys.path.insert(0, str(REPO))
@@ -120,7 +120,7 @@ def persistent_worker(checkpoint: str, dtype: str) -> None:
 
     # "<dtype>-raw": low precision without the float32 re-scoring of contenders
     raw = dtype.endswith("-raw")
-    scorer = AIScorer(checkpoint, device="cpu", dtype=dtype[:-4] if raw else dtype, refine=not raw)
+    scorer = AIScorer(checkpoint, device=device, dtype=dtype[:-4] if raw else dtype, refine=not raw)
     print("READY " + json.dumps({"load_s": time.perf_counter() - t0, "batch": scorer.batch_size,
                                  "dtype": str(scorer.dtype)}), flush=True)
     for line in sys.stdin:
@@ -164,13 +164,14 @@ def make_vitb(path: Path) -> Path:
     return save_tomocor_checkpoint(random_tomocor_model(768, 12, img_size=518, patch_size=14, seed=1), path)
 
 
-def run_arch(name: str, ckpt: Path, folders: List[Path], modes: List[str]) -> Dict:
+def run_arch(name: str, ckpt: Path, folders: List[Path], modes: List[str], device: str = "cpu") -> Dict:
     """Interleaved benchmark of one checkpoint; returns the figures."""
     me = [sys.executable, str(Path(__file__).resolve())]
     workers, startup = {}, {}
     for mode in modes:
         t = time.perf_counter()
-        p = subprocess.Popen(me + ["--worker", "persistent", "--checkpoint", str(ckpt), "--dtype", mode],
+        p = subprocess.Popen(me + ["--worker", "persistent", "--checkpoint", str(ckpt), "--dtype", mode,
+                                   "--device", device],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
         line = p.stdout.readline()
         if not line.startswith("READY"):
@@ -183,7 +184,8 @@ def run_arch(name: str, ckpt: Path, folders: List[Path], modes: List[str]) -> Di
     dtypes = {m: set() for m in modes}
     for k, folder in enumerate(folders):
         t = time.perf_counter()
-        out = subprocess.run(me + ["--worker", "reference", "--checkpoint", str(ckpt), "--folder", str(folder)],
+        out = subprocess.run(me + ["--worker", "reference", "--checkpoint", str(ckpt), "--folder", str(folder),
+                                   "--device", device],
                              capture_output=True, text=True, check=True, cwd=REPO)
         ref_t.append(time.perf_counter() - t)
         ref = json.loads(out.stdout.strip().splitlines()[-1])
@@ -208,21 +210,67 @@ def run_arch(name: str, ckpt: Path, folders: List[Path], modes: List[str]) -> Di
             "dtypes": {m: sorted(v) for m, v in dtypes.items()}}
 
 
+def compute_interleaved(ckpt: Path, folder: Path, n_cand: int, device: str = "cpu") -> Dict[str, List[float]]:
+    """Per-candidate backbone+head seconds, reference-style vs AIScorer, alternated in one process.
+
+    Alternating candidate by candidate exposes every method to the same load
+    from other processes, which end-to-end runs minutes apart cannot.
+    """
+    import tifffile
+    import torch
+
+    sys.path.insert(0, str(REPO))
+    from tomocorioc.ai import AIScorer
+    from tomocorioc.ai import preprocess as pp
+
+    s32 = AIScorer(ckpt, device=device, dtype="float32")
+    sbf = AIScorer(ckpt, device=device, dtype="bfloat16", refine=False)
+    sbf.model = s32.model  # same weights; only the autocast dtype differs
+    win = s32.arch.img_size
+    paths = sorted(folder.glob("recon_slice*_center*.tiff"))[:n_cand]
+    out: Dict[str, List[float]] = {"reference-style fp32 (3 windows/forward)": [], "AIScorer float32": [],
+                                   "AIScorer bfloat16": []}
+    for p in paths:
+        img = tifffile.imread(p)
+        plan = pp.plan_for_shape(img.shape, win)
+        prep = pp.prepare(img, plan, s32.device)
+        sync = torch.cuda.synchronize if s32.device.type == "cuda" else (lambda: None)
+        t = time.perf_counter()
+        crops = pp.crop_windows([prep] * len(plan.corners), plan.corners, win)
+        with torch.no_grad():
+            s32.model(crops[None, :, None].expand(-1, -1, 3, -1, -1))
+        sync()
+        out["reference-style fp32 (3 windows/forward)"].append(time.perf_counter() - t)
+        for key, sc, low in (("AIScorer float32", s32, False), ("AIScorer bfloat16", sbf, True)):
+            t = time.perf_counter()
+            sc._logits([0], {0: prep}, {0: plan}, low_precision=low)
+            sync()
+            out[key].append(time.perf_counter() - t)
+    return out
+
+
 def report(name: str, fig: Dict, n_cand: int) -> List[str]:
-    """Markdown rows and ratio lines for one architecture."""
+    """Markdown rows for one architecture (ratios are files/minute of (b) over (a))."""
     n = len(fig["ref"])
     ref_total = sum(fig["ref"])
     ref_fpm = 60.0 * n / ref_total
-    rows = [f"| {name} | (a) reference, process per file, fp32 | {n} | {ref_fpm:.2f} | "
-            f"{1000 * ref_total / (n * n_cand):.0f} | - | 1.00 | {n}/{n} |"]
+    rows = [f"| {name} | (a) reference: process per file, fp32 | {n} | {ref_fpm:.2f} | "
+            f"{1000 * ref_total / (n * n_cand):.0f} | - | 1.00 | - | - |"]
     for mode, times in fig["ours"].items():
         total = fig["startup"][mode] + sum(times)
         fpm = 60.0 * n / total
         steady = 1000 * sum(times) / (n * n_cand)
-        rows.append(f"| {name} | (b) persistent AIScorer, {mode} ({', '.join(fig['dtypes'][mode])}) | {n} | "
+        # per-file ratios are taken seconds apart, so their median is robust to
+        # load from other processes that comes and goes during the run
+        med = float(np.median(np.array(fig["ref"]) / np.array(times)))
+        rows.append(f"| {name} | (b) persistent AIScorer `{mode}` ({', '.join(fig['dtypes'][mode])}) | {n} | "
                     f"{fpm:.2f} | {1000 * total / (n * n_cand):.0f} | {steady:.0f} | {fpm / ref_fpm:.2f} | "
-                    f"{fig['agree'][mode]}/{n} (max dlogit {fig['max_dlogit'][mode]:.1e}) |")
+                    f"{med:.2f} | {fig['agree'][mode]}/{n} (max dlogit {fig['max_dlogit'][mode]:.1e}) |")
     return rows
+
+
+HEADER = ("| arch | method | files | files/min | ms/candidate incl. start-up | ms/candidate steady | "
+          "ratio (files/min) | median per-file ratio | same COR as (a) |\n|---|---|---|---|---|---|---|---|---|")
 
 
 def main() -> None:
@@ -236,17 +284,33 @@ def main() -> None:
     ap.add_argument("--workdir", default=None, help="keep stacks/checkpoints here (default: a temp dir)")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch threads in every worker via OMP_NUM_THREADS (0: torch's default)")
+    ap.add_argument("--compute-candidates", type=int, default=6,
+                    help="candidates for the same-process interleaved compute comparison (0: skip)")
+    ap.add_argument("--device", default="cpu", help="torch device for both (a) and (b), e.g. cuda")
     ap.add_argument("--json", default=None, help="also write the raw timings to this file")
+    ap.add_argument("--render", default=None, help="only print the table of a saved --json run")
     ap.add_argument("--worker", choices=["reference", "persistent"], help=argparse.SUPPRESS)
     ap.add_argument("--checkpoint", help=argparse.SUPPRESS)
     ap.add_argument("--folder", help=argparse.SUPPRESS)
     ap.add_argument("--dtype", default="auto", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker == "reference":
-        return reference_worker(args.checkpoint, args.folder)
+        return reference_worker(args.checkpoint, args.folder, args.device)
     if args.worker == "persistent":
-        return persistent_worker(args.checkpoint, args.dtype)
+        return persistent_worker(args.checkpoint, args.dtype, args.device)
 
+    if args.render:
+        figs = json.loads(Path(args.render).read_text())
+        print(HEADER)
+        for name, fig in figs.items():
+            print("\n".join(report(name, fig, fig.get("candidates", args.candidates))))
+        for name, fig in figs.items():
+            comp = fig.get("compute", {})
+            ref = float(np.median(next(iter(comp.values())))) if comp else 0.0
+            for key, v in comp.items():
+                print(f"COMPUTE {name} {key}: {1000 * float(np.median(v)):.0f} ms/candidate "
+                      f"(median of {len(v)}), {ref / float(np.median(v)):.2f}x")
+        return None
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by every worker process
     import torch
@@ -260,6 +324,8 @@ def main() -> None:
         n_stacks = max(args.files, args.vitb_files)
         folders = make_stacks(work / "stacks", fixture, n_stacks, args.candidates)
         print(f"# {n_stacks} try stacks x {args.candidates} slices 1040x1040 in {work}", flush=True)
+        gpu = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "no GPU used"
+        print(f"# device {args.device} ({gpu})", flush=True)
         print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
               f"threads {torch.get_num_threads()}, bf16 native: "
               f"{bool(getattr(torch.cpu, '_is_avx512_bf16_supported', lambda: False)())}, "
@@ -271,7 +337,16 @@ def main() -> None:
         for name, ckpt, n in jobs:
             if n <= 0:
                 continue
-            figs[name] = run_arch(name, ckpt, folders[:n], modes)
+            figs[name] = run_arch(name, ckpt, folders[:n], modes, args.device)
+            figs[name]["candidates"] = args.candidates
+            if args.compute_candidates:
+                comp = compute_interleaved(ckpt, folders[0], args.compute_candidates, args.device)
+                figs[name]["compute"] = comp
+                ref_ms = 1000 * float(np.median(comp["reference-style fp32 (3 windows/forward)"]))
+                for key, v in comp.items():
+                    ms = 1000 * float(np.median(v))
+                    print(f"COMPUTE {name} {key}: {ms:.0f} ms/candidate (median of {len(v)}), "
+                          f"{ref_ms / ms:.2f}x", flush=True)
             rows += report(name, figs[name], args.candidates)
             ref_fpm = 60.0 * n / sum(figs[name]["ref"])
             for mode in modes:
@@ -280,9 +355,7 @@ def main() -> None:
                       f"(steady state {sum(figs[name]['ref']) / sum(figs[name]['ours'][mode]):.2f}x, "
                       f"start-up {figs[name]['startup'][mode]:.1f} s)", flush=True)
     print(f"# load avg at end {os.getloadavg()[0]:.1f}; total benchmark time {time.perf_counter() - t_all:.0f} s")
-    print("\n| arch | method | files | files/min | ms/candidate (incl. start-up) | ms/candidate steady | "
-          "ratio vs (a) | same choice as (a) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n" + HEADER)
     print("\n".join(rows))
     if args.json:
         Path(args.json).write_text(json.dumps(figs, indent=1))

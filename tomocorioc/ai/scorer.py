@@ -13,10 +13,10 @@ random ViT-B), so with ``refine=True`` every candidate whose low-precision
 margin is within ``refine_tol + 2 % of |best margin|`` of the best is
 re-scored in float32 (none when the best is alone within that tolerance).
 The choice is then the float32 choice whenever the bf16 error is below half
-the tolerance.  A sharp stack (a trained model) re-scores 0-3 slices; a flat
-one (random weights) re-scores most of them.  ``refine_max`` caps the number
-of re-scored slices for speed at the price of that guarantee on flat stacks
-(the truncation is logged and shown in ``AIResult.dtype``).
+the tolerance.  A sharp stack (expected of a trained model) re-scores few or
+no slices; a flat one (random weights) re-scores most of them.  ``refine_max``
+caps the number of re-scored slices for speed at the price of that guarantee
+on flat stacks (the truncation is logged and shown in ``AIResult.dtype``).
 """
 from __future__ import annotations
 
@@ -44,7 +44,10 @@ log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-CPU_BATCH = 2  # measured: 1-3 windows per call are equal on CPU, 6 is ~15 % slower (bf16)
+# Windows per call on CPU.  On idle cores the batch hardly matters (<= ~20 %);
+# on cores shared with other processes every op's thread barrier can stall, and
+# 8-12 windows per call were 1.5-2.5x faster than 1-2 (RESULTS_ai.md).
+CPU_BATCH = 8
 MAX_GPU_BATCH = 256
 REFINE_TOL = 0.1  # logits; ~10x the bf16 margin error measured on the fixture and ViT-B
 REFINE_REL = 0.02  # plus 2 % of |best margin|: bf16 error grows with the logit scale
