@@ -71,3 +71,19 @@ def test_classical_scores_report_bad_slices():
         classical.score_images([np.full((8, 8), np.nan)], [1.0])
     with pytest.raises(ValueError, match="unknown metric"):
         classical.score_images(imgs, [1, 2, 3, 4], "magic")
+
+
+def test_vo_refuses_a_border_minimum_instead_of_guessing(tmp_path):
+    """A dense sample filling the field of view put Vo's minimum on the search border
+    (127 for a true 246.3, benchmark scan s21); it must say 'no estimate' so the try
+    grid stays centred and the image metric finds the COR."""
+    from tomocorioc.core.params import ReconParams
+    from tomocorioc.data.dxfile import DXFile
+    from tomocorioc.pipeline import sinogram_estimate
+    from tomocorioc.sim import SimConfig, simulate_scan
+    f = tmp_path / "rock_0001.h5"
+    simulate_scan(f, SimConfig(ncols=512, nrows=4, nproj=360, phantom="rock", noise=2000, zingers=0.0005,
+                               offset=-9.7, seed=1))
+    with DXFile(f) as scan:
+        est = sinogram_estimate(scan, ReconParams())
+    assert est is None or abs(est - 246.3) < 2

@@ -78,7 +78,12 @@ def find_center_vo(sino: np.ndarray, *, search_radius: Optional[float] = None, r
     shifts = (2 * centers - n) / cstep
     scores = np.concatenate([_metric(small, _fourier_shift(flip, shifts[i:i + batch]), mask)
                              for i in range(0, len(shifts), batch)])
-    coarse = float(centers[int(np.argmin(scores))])
+    best = int(np.argmin(scores))
+    if best <= 1 or best >= len(scores) - 2:
+        # A minimum on the border of the search range is no minimum: dense samples
+        # that fill the field of view defeat the wedge mask. Say so instead of guessing.
+        raise ValueError("no minimum inside the search range (sample may fill the field of view)")
+    coarse = float(centers[best])
     # Fine: full detector resolution, quarter-pixel steps around the coarse value.
     fine_src, _ = _reduce(sino, 720, n)
     mask = _wedge_mask(2 * fine_src.shape[0], n, ratio)
