@@ -46,13 +46,10 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
 
 from tomocorioc.core import layout
 from tomocorioc.core.cor import choose
 from tomocorioc.cor import classical
-from tomocorioc.data.dxfile import DXFile
-from tomocorioc.recon.preprocess import preprocess
 from tomocorioc.sim import SimConfig, read_truth, simulate_scan
 
 SEARCH_WIDTH = 50.0  # the CLI default, used for algotom's window too
@@ -172,7 +169,7 @@ def machine_description() -> str:
             versions.append(f"{dist} {importlib.metadata.version(dist)}")
         except importlib.metadata.PackageNotFoundError:
             versions.append(f"{dist} ?")
-    return (f"CPU: {model}, {os.cpu_count()} logical cores; torch threads {torch.get_num_threads()}; "
+    return (f"CPU: {model}, {os.cpu_count()} logical cores; "
             f"python {platform.python_version()}, " + ", ".join(versions))
 
 
@@ -186,6 +183,9 @@ def load_average() -> str:
 
 def try_row_sinogram(path: Path) -> np.ndarray:
     """The normalised -log sinogram row the try phase reconstructs (default --nsino 0.5, no dezinger)."""
+    import torch
+    from tomocorioc.data.dxfile import DXFile
+    from tomocorioc.recon.preprocess import preprocess
     with DXFile(path) as scan:
         row = scan.row_index(0.5)
         block = scan.read_rows(row, row + 1)
@@ -242,6 +242,44 @@ def score_metrics(folder: Path) -> Dict[str, float]:
     return {name: choose(scores.centers, vals).cor for name, vals in scores.all_metrics.items()}
 
 
+def analyse(path: Path) -> Dict:
+    """Child side: algotom's Vo on the try row, and the COR of every classical metric (JSON-able)."""
+    out: Dict = {"algotom": None, "algotom_error": None, "metrics": {}, "seconds_algotom": 0.0}
+    import algotom.prep.calculation  # noqa: F401  imports outside the timer
+    import torch  # noqa: F401
+    t0 = time.perf_counter()
+    try:
+        out["algotom"] = algotom_vo(try_row_sinogram(path))
+    except (ValueError, RuntimeError, OSError) as exc:
+        out["algotom_error"] = f"{type(exc).__name__}: {exc}"
+    out["seconds_algotom"] = time.perf_counter() - t0
+    tdir = layout.try_dir(path)
+    if tdir.is_dir():
+        try:
+            out["metrics"] = score_metrics(tdir)
+        except (ValueError, OSError) as exc:
+            out["metrics_error"] = f"{type(exc).__name__}: {exc}"
+    return out
+
+
+def run_analysis(path: Path, timeout: float) -> Dict:
+    """``analyse`` in a fresh interpreter.
+
+    Scoring a wide try stack holds the whole stack in memory; doing it here
+    would leave this process large, and a forked child's ``ru_maxrss`` starts
+    from its parent's RSS at fork time, which would corrupt the next scan's
+    peak-RSS figure.  A child keeps this process small.
+    """
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--analyse", str(path)],
+                          capture_output=True, text=True, timeout=timeout, check=False)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip().startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"algotom": None, "algotom_error": f"analysis exit {proc.returncode}: {tail}", "metrics": {},
+                "seconds_algotom": 0.0}
+    return json.loads(lines[-1])
+
+
 def run_scan(spec: ScanSpec, folder: Path, keep: bool, timeout: float) -> ScanResult:
     """Simulate one scan and run every method on it."""
     path = folder / f"{spec.name}.h5"
@@ -261,21 +299,14 @@ def run_scan(spec: ScanSpec, folder: Path, keep: bool, timeout: float) -> ScanRe
         res.cli_error = str(out.get("error"))
     if out.get("estimate") is not None:
         res.estimate = float(out["estimate"])
-    t0 = time.perf_counter()
-    try:
-        res.algotom = algotom_vo(try_row_sinogram(path))
-    except (ValueError, RuntimeError, OSError) as exc:
-        res.algotom_error = f"{type(exc).__name__}: {exc}"
-    res.seconds_algotom = time.perf_counter() - t0
-    tdir = layout.try_dir(path)
-    if tdir.is_dir():
-        try:
-            res.metrics = score_metrics(tdir)
-        except (ValueError, OSError) as exc:
-            print(f"  {spec.name}: cannot score the try stack: {exc}", flush=True)
-        if not keep:
-            shutil.rmtree(tdir, ignore_errors=True)
+    ana = run_analysis(path, timeout)
+    res.algotom, res.algotom_error = ana.get("algotom"), ana.get("algotom_error")
+    res.seconds_algotom = float(ana.get("seconds_algotom", 0.0))
+    res.metrics = {k: float(v) for k, v in ana.get("metrics", {}).items()}
+    if ana.get("metrics_error"):
+        print(f"  {spec.name}: cannot score the try stack: {ana['metrics_error']}", flush=True)
     if not keep:
+        shutil.rmtree(layout.try_dir(path), ignore_errors=True)
         path.unlink(missing_ok=True)
     return res
 
@@ -358,8 +389,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--only", help="comma list of scan names to run (e.g. s01,s07)")
     ap.add_argument("--workdir", type=Path, help="where to simulate (default: a temporary folder)")
     ap.add_argument("--keep", action="store_true", help="keep scans and try folders")
-    ap.add_argument("--timeout", type=float, default=1200.0, help="per-scan CLI timeout, s (a hung run counts as a failure)")
+    ap.add_argument("--analyse", type=Path, help=argparse.SUPPRESS)  # internal: the per-scan child
+    ap.add_argument("--timeout", type=float, default=900.0,
+                    help="per-scan CLI timeout, s (a hung run counts as a failure)")
     args = ap.parse_args(argv)
+    if args.analyse:
+        print(json.dumps(analyse(args.analyse)))
+        return 0
     suite = list(QUICK if args.quick else SUITE) + (list(LARGE) if args.large else [])
     if args.only:
         wanted = {s.strip() for s in args.only.split(",")}

@@ -6,7 +6,9 @@ reconstructed with ``TorchBackend().run_full(path, ReconParams(), cor,
 rows=(0, R))`` for R = 64 and R = 512, each in a fresh Python subprocess.  The
 peak resident set size of each child comes from ``os.wait4`` (the child's own
 ``ru_maxrss``), cross-checked by the child's ``VmHWM`` from
-``/proc/self/status``.  A baseline child that imports the same modules and
+``/proc/self/status``.  (A child's ``ru_maxrss`` also counts the RSS its
+parent had when it forked, so the scan is simulated in a child too and this
+process stays small; its RSS is printed.)  A baseline child that imports the same modules and
 opens the scan but reconstructs nothing shows the fixed cost (Python, torch,
 MKL); the interesting number is the peak *above* that baseline.  The backend
 streams ``nsino_per_chunk`` (8) rows at a time, so 512 rows should need no
@@ -31,7 +33,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from tomocorioc.core import layout
-from tomocorioc.sim import SimConfig, simulate_scan
+from tomocorioc.sim import SimConfig
 
 # Runs in the child: reconstruct rows [0, R) (R = 0: baseline, nothing reconstructed).
 CHILD = r"""
@@ -45,17 +47,25 @@ backend = TorchBackend(device="cpu")
 t0 = time.perf_counter()
 with DXFile(path) as scan:
     shape = scan.shape
+def status(key):
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+samples, last = [], [0]
+def progress(done, total):
+    # VmRSS after the chunks that pass 1/4, 1/2, 3/4 and all of the rows: a leak would show as a trend.
+    if any(last[0] < max(1, total * q // 4) <= done for q in (1, 2, 3, 4)):
+        samples.append(status("VmRSS"))
+    last[0] = done
 nslices = 0
 if rows > 0:
-    res = backend.run_full(path, ReconParams(full_format=fmt), cor, rows=(0, rows))
+    res = backend.run_full(path, ReconParams(full_format=fmt), cor, rows=(0, rows), progress=progress)
     nslices = res.nslices
-hwm = 0
-with open("/proc/self/status") as fh:
-    for line in fh:
-        if line.startswith("VmHWM:"):
-            hwm = int(line.split()[1])
 with open(out, "w") as fh:
-    json.dump({"seconds": time.perf_counter() - t0, "nslices": nslices, "vmhwm_kib": hwm, "shape": shape}, fh)
+    json.dump({"seconds": time.perf_counter() - t0, "nslices": nslices, "vmhwm_kib": status("VmHWM"),
+               "rss_samples_kib": samples, "shape": shape}, fh)
 """
 
 
@@ -69,6 +79,7 @@ class Run:
     vmhwm_mib: float
     seconds: float
     nslices: int
+    rss_samples_mib: List[float]
 
 
 def machine_description() -> str:
@@ -106,7 +117,24 @@ def run_child(path: Path, rows: int, cor: float, fmt: str, scratch: Path) -> Run
     info = json.loads(out.read_text())
     # Linux reports ru_maxrss in KiB.
     return Run(rows, fmt, usage.ru_maxrss / 1024.0, info["vmhwm_kib"] / 1024.0, float(info["seconds"]),
-               int(info["nslices"]))
+               int(info["nslices"]), [v / 1024.0 for v in info.get("rss_samples_kib", [])])
+
+
+def own_rss_mib() -> float:
+    """This process's current resident set size (a forked child's ru_maxrss starts from it)."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def simulate_in_child(path: Path, cfg: SimConfig) -> None:
+    """Write the scan from a child process, so this (parent) process stays small."""
+    code = ("import sys; from tomocorioc.sim import SimConfig, simulate_scan; "
+            f"simulate_scan(sys.argv[1], SimConfig(ncols={cfg.ncols}, nrows={cfg.nrows}, nproj={cfg.nproj}, "
+            f"offset={cfg.offset!r}, phantom={cfg.phantom!r}, seed={cfg.seed}))")
+    subprocess.run([sys.executable, "-c", code, str(path)], check=True)
 
 
 def clean_outputs(path: Path) -> None:
@@ -142,10 +170,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         path = folder / "memscan.h5"
         cfg = SimConfig(ncols=width, nrows=nrows, nproj=nproj, offset=2.5, phantom="shepp3d", seed=0)
         t0 = time.perf_counter()
-        simulate_scan(path, cfg)
+        simulate_in_child(path, cfg)
         raw_mib = path.stat().st_size / 2**20
         print(f"scan {width} wide x {nrows} rows x {nproj} projections ({raw_mib:.0f} MiB on disk), "
               f"simulated in {time.perf_counter() - t0:.0f} s; COR {cfg.cor}", flush=True)
+        parent_rss = own_rss_mib()
+        print(f"this (parent) process: {parent_rss:.0f} MiB resident when spawning the children", flush=True)
         base = run_child(path, 0, cfg.cor, "tiff", Path(tmp))
         print(f"  baseline (imports + open, no reconstruction): {base.maxrss_mib:.0f} MiB", flush=True)
         for fmt in formats:
@@ -159,12 +189,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"\nPeak RSS of a full reconstruction (fresh process each; baseline = same imports, no reconstruction: "
           f"{base.maxrss_mib:.0f} MiB)\n")
     cols = ("rows", "format", "volume written MiB", "peak RSS MiB (wait4)", "VmHWM MiB", "above baseline MiB",
-            "seconds")
+            "VmRSS after 1/4, 1/2, 3/4, all rows MiB", "seconds")
     print("| " + " | ".join(cols) + " |")
     print("|" + "|".join(["---"] * len(cols)) + "|")
     for r in runs:
         print(f"| {r.rows} | {r.fmt} | {vol_mib(r.rows):.0f} | {r.maxrss_mib:.0f} | {r.vmhwm_mib:.0f} "
-              f"| {r.maxrss_mib - base.maxrss_mib:.0f} | {r.seconds:.1f} |")
+              f"| {r.maxrss_mib - base.maxrss_mib:.0f} | {', '.join(f'{v:.0f}' for v in r.rss_samples_mib)} "
+              f"| {r.seconds:.1f} |")
     lo, hi = min(row_counts), max(row_counts)
     print()
     for fmt in formats:

@@ -17,9 +17,12 @@ The same simulated sinogram (exact line integrals of an analytic phantom from
 The competitors are called per centre in a loop; when that would take longer
 than ``--budget`` seconds, only an evenly spread subset of the centres is
 timed and the time is extrapolated per centre to 200 (the table says how many
-were timed).  tomocorioc always runs all 200.  Ratios (competitor / tomocorioc)
-are measured in the same run, so they survive a noisy machine; absolute
-seconds do not.
+were timed).  tomocorioc always runs all 200.  The competitors' centres are
+interleaved with tomocorioc's batches (after each batch, a share of each
+competitor's centres), so all methods see the same machine load; ratios
+(method / tomocorioc) are measured in the same run and time windows, absolute
+seconds are not comparable between runs.  Optional diagnostic rows time
+tomocorioc with a forced batch size (``--batch-sweep``), after the others.
 
 Accuracy: for a few centres the tomocorioc try images are compared with
 ``tomocorioc.recon.reference.reference_fbp`` (plain float64 numpy, one angle at
@@ -149,58 +152,68 @@ def time_tomocorioc(sino: np.ndarray, theta: np.ndarray, centers: np.ndarray, ke
     dt = time.perf_counter() - t0
     nb = math.ceil(len(centers) / batch)
     name = f"tomocorioc try (torch, batch {batch}, {nb} batches)"
-    note = "" if own else "diagnostic: batch size forced (not what the backend picks)"
+    note = "" if own else "diagnostic: batch size forced (not what the backend picks); run after, not interleaved"
     tm = Timing(name if own else "(diagnostic) " + name, len(centers), dt, len(centers), note)
     tm.extra["batch"] = float(batch)
     return tm, kept
 
 
-def _time_per_centre(method: str, one: Callable[[float], np.ndarray], centers: np.ndarray, budget: float,
-                     min_count: int, note: str) -> Timing:
-    """Time ``one(centre)`` on centres spread over the grid until ``budget`` s are used."""
-    # One centre (from the middle of the grid) sizes the subset; it counts towards the timing.
-    mid = len(centers) // 2
-    t0 = time.perf_counter()
-    one(float(centers[mid]))
-    first = time.perf_counter() - t0
-    want = int(max(min_count, min(len(centers), budget // max(first, 1e-6))))
-    chosen = [i for i in subset(len(centers), want) if i != mid][: max(0, want - 1)]
-    t1 = time.perf_counter()
-    for i in chosen:
-        one(float(centers[i]))
-    dt = first + (time.perf_counter() - t1)
-    count = 1 + len(chosen)
-    if count < len(centers):
-        note = (note + "; " if note else "") + f"{count} of {len(centers)} centres timed, extrapolated per centre"
-    return Timing(method, count, dt, len(centers), note)
+@dataclass
+class Competitor:
+    """A per-centre FBP timed on a subset of the grid, interleaved with tomocorioc's batches."""
+
+    method: str
+    one: Callable[[float], np.ndarray]
+    note: str
+    indices: List[int] = field(default_factory=list)
+    seconds: float = 0.0
+    done: int = 0
+
+    def size(self, centers: np.ndarray, budget: float, min_count: int) -> None:
+        """Probe one centre (untimed) and choose how many centres fit in ``budget`` seconds."""
+        t0 = time.perf_counter()
+        self.one(float(centers[len(centers) // 2]))
+        first = time.perf_counter() - t0
+        want = int(max(min_count, min(len(centers), budget // max(first, 1e-6))))
+        self.indices = subset(len(centers), want)
+
+    def run(self, centers: np.ndarray, indices: Sequence[int]) -> None:
+        """Reconstruct ``centers[indices]`` one at a time, adding to the timing."""
+        for i in indices:
+            t0 = time.perf_counter()
+            self.one(float(centers[i]))
+            self.seconds += time.perf_counter() - t0
+            self.done += 1
+
+    def timing(self, total: int) -> Timing:
+        """The result row."""
+        note = self.note
+        if self.done < total:
+            note = (note + "; " if note else "") + f"{self.done} of {total} centres timed, extrapolated per centre"
+        return Timing(self.method, self.done, self.seconds, total, note)
 
 
-def time_algotom(sino: np.ndarray, theta: np.ndarray, centers: np.ndarray, budget: float,
-                 min_count: int) -> Timing:
+def algotom_competitor(sino: np.ndarray, theta: np.ndarray) -> Competitor:
     """algotom ``fbp_reconstruction(gpu=False)`` per centre (algotom COR = tomocorioc COR - 0.5)."""
     from algotom.rec import reconstruction as rec
     n, nproj = sino.shape[1], sino.shape[0]
     pad = min(int(0.15 * n), 150)  # algotom's own default padding
     ramp_win = rec.make_2d_ramp_window(nproj, n + 2 * pad, FILTER)  # built once, reused for every centre
-    s64 = np.asarray(sino, dtype=np.float32)
+    s32 = np.asarray(sino, dtype=np.float32)
 
     def one(c: float) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return rec.fbp_reconstruction(s64, c - 0.5, angles=theta, ratio=None, ramp_win=ramp_win,
+            return rec.fbp_reconstruction(s32, c - 0.5, angles=theta, ratio=None, ramp_win=ramp_win,
                                           filter_name=FILTER, pad=pad, apply_log=False, gpu=False)
 
     t0 = time.perf_counter()
-    one(float(centers[0]))  # numba JIT compile: not timed
-    compile_s = time.perf_counter() - t0
-    tm = _time_per_centre("algotom fbp_reconstruction (CPU, numba)", one, centers, budget, min_count,
-                          f"JIT compile {compile_s:.1f} s excluded")
-    tm.extra["compile_s"] = compile_s
-    return tm
+    one(float(n / 2.0))  # numba JIT compile: not timed
+    return Competitor("algotom fbp_reconstruction (CPU, numba)", one,
+                      f"JIT compile {time.perf_counter() - t0:.1f} s excluded")
 
 
-def time_skimage(sino: np.ndarray, theta: np.ndarray, centers: np.ndarray, budget: float,
-                 min_count: int) -> Timing:
+def skimage_competitor(sino: np.ndarray, theta: np.ndarray) -> Competitor:
     """scikit-image ``iradon`` per centre after shifting the axis to its pixel ``n // 2``."""
     from scipy import ndimage
     from skimage.transform import iradon
@@ -213,8 +226,41 @@ def time_skimage(sino: np.ndarray, theta: np.ndarray, centers: np.ndarray, budge
         shifted = ndimage.shift(s64, (0.0, n // 2 + 0.5 - c), order=1, mode="nearest")
         return iradon(shifted.T, deg, output_size=n, filter_name="hann", interpolation="linear", circle=True)
 
-    return _time_per_centre("scikit-image iradon + ndimage.shift", one, centers, budget, min_count,
-                            "single-threaded")
+    return Competitor("scikit-image iradon + ndimage.shift", one, "single-threaded")
+
+
+def run_interleaved(sino: np.ndarray, theta: np.ndarray, centers: np.ndarray, keep: Sequence[int],
+                    competitors: Sequence[Competitor]) -> Tuple[Timing, Dict[int, np.ndarray]]:
+    """tomocorioc's try over all centres, with a share of each competitor's centres after every batch.
+
+    Interleaving puts every method in the same time windows, so a change of
+    machine load during the run hits them alike.  Only the work inside each
+    method's calls is timed.  Returns tomocorioc's timing and its images at ``keep``.
+    """
+    n, nproj = sino.shape[1], sino.shape[0]
+    batch = TorchBackend(device="cpu").try_batch_size(n, nproj)
+    nb = math.ceil(len(centers) / batch)
+    shares = [np.array_split(np.asarray(c.indices, dtype=np.int64), nb) for c in competitors]
+    kept: Dict[int, np.ndarray] = {}
+    t0 = time.perf_counter()
+    geom = fbp.FBPGeometry.create(n, theta, "cpu")
+    batches = fbp.try_batches(torch.from_numpy(sino), geom, FILTER, centers, batch)
+    t_tomo = time.perf_counter() - t0
+    done = 0
+    for b in range(nb):
+        t0 = time.perf_counter()
+        chunk, images = next(batches)
+        t_tomo += time.perf_counter() - t0
+        for i in range(len(chunk)):
+            if done + i in keep:
+                kept[done + i] = images[i].numpy().copy()
+        done += len(chunk)
+        del images
+        for comp, share in zip(competitors, shares):
+            comp.run(centers, [int(i) for i in share[b]])
+    tm = Timing(f"tomocorioc try (torch, batch {batch}, {nb} batches)", done, t_tomo, len(centers))
+    tm.extra["batch"] = float(batch)
+    return tm, kept
 
 
 def accuracy(sino: np.ndarray, theta: np.ndarray, centers: np.ndarray,
@@ -240,24 +286,25 @@ def run_size(n: int, nproj: int, budget: float, min_count: int, n_accuracy: int,
     keep = sorted(set(keep))
     print(f"\n[{n}x{nproj}] {len(centers)} centres {centers.min():.2f}..{centers.max():.2f}; {load_average()}",
           flush=True)
-    timings: List[Timing] = []
-    tm, kept = time_tomocorioc(sino, theta, centers, keep)
-    timings.append(tm)
-    print(f"  {tm.method}: {tm.seconds:.1f} s", flush=True)
-    for b in extra_batches:
-        if b == timings[0].extra.get("batch"):
-            continue
-        tm, _ = time_tomocorioc(sino, theta, centers, [], batch=b)
-        timings.append(tm)
-        print(f"  {tm.method}: {tm.seconds:.1f} s", flush=True)
+    competitors: List[Competitor] = []
     if "algotom" not in skip:
-        tm = time_algotom(sino, theta, centers, budget, min_count)
-        timings.append(tm)
-        print(f"  {tm.method}: {tm.seconds:.1f} s for {tm.timed} centres", flush=True)
+        competitors.append(algotom_competitor(sino, theta))
     if "skimage" not in skip:
-        tm = time_skimage(sino, theta, centers, budget, min_count)
-        timings.append(tm)
-        print(f"  {tm.method}: {tm.seconds:.1f} s for {tm.timed} centres", flush=True)
+        competitors.append(skimage_competitor(sino, theta))
+    for comp in competitors:
+        comp.size(centers, budget, min_count)
+    tm, kept = run_interleaved(sino, theta, centers, keep, competitors)
+    timings: List[Timing] = [tm]
+    print(f"  {tm.method}: {tm.seconds:.1f} s", flush=True)
+    for comp in competitors:
+        timings.append(comp.timing(len(centers)))
+        print(f"  {comp.method}: {comp.seconds:.1f} s for {comp.done} centres", flush=True)
+    for b in extra_batches:
+        if b == tm.extra.get("batch"):
+            continue
+        dtm, _ = time_tomocorioc(sino, theta, centers, [], batch=b)
+        timings.append(dtm)
+        print(f"  {dtm.method}: {dtm.seconds:.1f} s", flush=True)
     acc = accuracy(sino, theta, centers, kept)
     return timings, acc
 
