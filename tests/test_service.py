@@ -34,8 +34,11 @@ def test_sigkill_mid_run_then_restart_loses_nothing(tmp_path):
         while time.monotonic() < deadline and not done_one:  # kill once the first file has its COR
             time.sleep(0.2)
             if db.exists():
-                with sqlite3.connect(db) as con:
-                    rows = [json.loads(x) for (x,) in con.execute("SELECT data FROM rows")]
+                try:
+                    with sqlite3.connect(db) as con:
+                        rows = [json.loads(x) for (x,) in con.execute("SELECT data FROM rows")]
+                except sqlite3.OperationalError:
+                    continue  # the file exists a moment before its schema does
                 done_one = any(r["state"]["infer"] == "done" for r in rows)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
