@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tomocorioc.core import layout, sidecar
+from tomocorioc.core import sidecar
 from tomocorioc.core.params import ReconParams
 from tomocorioc.dispatch.dispatcher import SlotSpec
 from tomocorioc.service import Service, ServiceSettings
