@@ -274,7 +274,7 @@ def _cmd_fix_outliers(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .cli_demo import run_demo
     return run_demo(args)
 
 
