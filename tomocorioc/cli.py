@@ -254,6 +254,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_fix_outliers_arguments(fix)
     fix.set_defaults(func=_cmd_fix_outliers)
 
+    srv = sub.add_parser("serve", help="run the EPICS IOC (Channel Access + PVAccess) over the pipeline")
+    from .ioc.serve import add_serve_arguments
+    add_serve_arguments(srv)
+    srv.set_defaults(func=_cmd_serve)
+
+    gen = sub.add_parser("gen-db", help="write db/tomoCor.template and db/tomoCor_settings.req from the PV table")
+    gen.add_argument("--db-dir", type=Path, default=Path("db"), help="output directory (default ./db)")
+    gen.add_argument("--check", action="store_true", help="only compare; exit 1 when the files differ")
+    gen.set_defaults(func=_cmd_gen_db)
+
     demo = sub.add_parser("demo", help="simulate a short series and run the whole pipeline on it")
     demo.add_argument("--outdir", type=Path, help="where to write (default: a new temporary folder)")
     demo.add_argument("--n", type=int, default=3, help="number of scans (default 3)")
@@ -273,6 +283,24 @@ def _cmd_fix_outliers(args: argparse.Namespace) -> int:
     return run_fix_outliers(args)
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .ioc.serve import run_serve
+    return run_serve(args)
+
+
+def _cmd_gen_db(args: argparse.Namespace) -> int:
+    from .ioc import dbgen
+    if args.check:
+        bad = dbgen.check(args.db_dir)
+        for name in bad:
+            print(f"tomocorioc gen-db: {args.db_dir / name} differs from the PV table; run 'tomocorioc gen-db'",
+                  file=sys.stderr)
+        return 1 if bad else 0
+    for path in dbgen.write(args.db_dir):
+        print(path)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .cli_demo import run_demo
     return run_demo(args)
@@ -283,7 +311,7 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
     ap = build_parser()
     args = ap.parse_args(list(argv) if argv is not None else None)
     # simulate reports each file it writes; the other commands stay quiet unless asked.
-    base = logging.INFO if args.command == "simulate" else logging.WARNING
+    base = logging.INFO if args.command in ("simulate", "serve") else logging.WARNING
     level = max(logging.DEBUG, base - 10 * min(args.verbose, 2))
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     return int(args.func(args))

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
 
 from .core import sidecar
-from .core.jobs import PHASES, Row
+from .core.jobs import DEFAULT_PHASES, PHASES, Row
 from .core.params import ReconParams
 from .core.queue import JobQueue
 from .dispatch.dispatcher import Dispatcher, SlotSpec
@@ -41,6 +41,9 @@ class ServiceSettings:
     max_cor_delta: float = 50.0
     skip_threshold: float = 0.5
     tomolog: Dict[str, Any] = field(default_factory=dict)
+    phases: Dict[str, bool] = field(default_factory=lambda: dict(DEFAULT_PHASES))  # for enqueue without phases
+    gpus: Optional[str] = None   # '0,1'; None: every visible GPU (or one CPU slot)
+    tomoscan_prefix: str = ""    # tomoScan IOC whose scans start work automatically
 
     def to_dict(self) -> Dict[str, Any]:
         """JSON-able form."""
@@ -69,17 +72,36 @@ class Service:
         # waiter holding a Condition while asking the queue would invert the order.
         self._changed = threading.Event()
         self.queue = JobQueue(on_change=self._persist, max_retries=self.settings.max_retries,
-                              series_barrier=self.settings.series_barrier)
+                              series_barrier=self.settings.series_barrier, auto_fix=self.settings.auto_fix_outliers)
         self.queue.load(self.store.load_rows(), self.store.meta("fixed_series", []))
-        self.dispatcher = Dispatcher(self.queue, slots, factory, runner_config or {}, self.build_job,
-                                     timeouts=self.settings.timeouts, on_series_ready=self._series_ready)
+        self._factory, self._runner_config = factory, runner_config or {}
+        self.dispatcher = self._make_dispatcher(slots)
         self.messages: List[str] = []
+        self.last_finished: Optional[Dict[str, Any]] = None   # latest 'finished' dispatcher event
+        self.last_started: Optional[Dict[str, Any]] = None
+        self._started = False
         self.store.set_setting("service", self.settings.to_dict())
+
+    def _make_dispatcher(self, slots: List[SlotSpec]) -> Dispatcher:
+        return Dispatcher(self.queue, slots, self._factory, self._runner_config, self.build_job,
+                          timeouts=self.settings.timeouts, on_series_ready=self._series_ready,
+                          on_event=self._on_event)
+
+    def _on_event(self, kind: str, data: Dict[str, Any]) -> None:
+        # Runs on the dispatcher thread: record only (readers poll these attributes).
+        data = dict(data, time=time.time())
+        if kind == "finished":
+            self.last_finished = data
+        elif kind == "started":
+            self.last_started = data
+        elif kind in ("worker-lost", "fatal"):
+            self.notice(f"{data.get('slot')}: {data.get('msg')}")
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> None:
         """Start the workers and the dispatch loop."""
         self.dispatcher.start()
+        self._started = True
 
     def stop(self) -> None:
         """Stop workers and close the store (running jobs are re-queued on the next start)."""
@@ -118,8 +140,8 @@ class Service:
 
     # -- operations ------------------------------------------------------------
     def enqueue(self, paths: Iterable[str], phases: Optional[Dict[str, bool]] = None) -> List[int]:
-        """Add files; then auto-skip undersized scans in the touched series."""
-        ids = self.queue.add([str(p) for p in paths], phases)
+        """Add files (with ``phases``, else the configured phase enables); then auto-skip undersized scans."""
+        ids = self.queue.add([str(p) for p in paths], phases if phases is not None else self.settings.phases)
         if ids:
             self.auto_skip({self.queue.row(i).series for i in ids})
         return ids
@@ -186,6 +208,43 @@ class Service:
         from .core.rotcen import update_rot_cen
         update_rot_cen(path, {r.path: r.cor for r in self.queue.rows()})
         return Path(path)
+
+    def update_settings(self, **changes: Any) -> None:
+        """Change settings, push them to the queue and dispatcher, and persist them.
+
+        ``params`` may be a dict of ReconParams fields to change; it is
+        validated as a whole (ParamError on a bad value) before anything changes.
+        """
+        from dataclasses import replace
+        unknown = set(changes) - set(ServiceSettings.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        if "params" in changes and isinstance(changes["params"], dict):
+            changes["params"] = replace(self.settings.params, **changes["params"])
+        new = replace(self.settings, **changes)
+        self.settings = new
+        self.queue.max_retries = new.max_retries
+        self.queue.series_barrier, self.queue.auto_fix = new.series_barrier, new.auto_fix_outliers
+        self.dispatcher.timeouts = dict(new.timeouts)
+        self.store.set_setting("service", new.to_dict())
+        self.dispatcher.wake()
+
+    def set_slots(self, slots: List[SlotSpec]) -> None:
+        """Replace the worker slots (e.g. a new GPU list); refused while a job runs."""
+        from .core.queue import QueueError
+        if self.queue.has_running():
+            raise QueueError("cannot change the worker slots while jobs run")
+        was_started = self._started
+        self.dispatcher.stop()
+        self.dispatcher = self._make_dispatcher(slots)
+        if was_started:
+            self.dispatcher.start()
+
+    def start_queue(self) -> int:
+        """Operator 'Start': queue cancelled/failed phases again and resume; returns rows requeued."""
+        n = self.queue.retry_failed()
+        self.queue.resume()
+        return n
 
     def _series_ready(self, series: str) -> None:
         ids = [r.id for r in self.queue.rows() if r.series == series]

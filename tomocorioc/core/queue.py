@@ -53,7 +53,7 @@ class JobQueue:
     """Rows in operator order plus the rules that decide what runs next."""
 
     def __init__(self, on_change: Optional[ChangeHook] = None, max_retries: int = 1,
-                 series_barrier: bool = False) -> None:
+                 series_barrier: bool = False, auto_fix: bool = False) -> None:
         self._lock = threading.RLock()
         self._rows: List[Row] = []
         self._next_id = 1
@@ -61,6 +61,7 @@ class JobQueue:
         self.paused = False
         self.max_retries = max_retries
         self.series_barrier = series_barrier
+        self.auto_fix = auto_fix   # run Fix COR Outliers when a series' infers finish, without holding fulls
         self.fixed_series: Set[str] = set()
         self._on_change = on_change
 
@@ -130,6 +131,8 @@ class JobQueue:
                 row = Row(id=self._next_id, path=key, series=series, index=index, phases=dict(want))
                 self._next_id += 1
                 have.add(key)
+                # A new member reopens its series: Fix COR Outliers runs again once it is inferred.
+                self.fixed_series.discard(series)
                 self._rows.append(row)
                 new.append(row)
             if new:
@@ -275,9 +278,9 @@ class JobQueue:
         return series in self.fixed_series
 
     def series_awaiting_fix(self) -> List[str]:
-        """Series (barrier on) whose infers are all finished but Fix COR Outliers has not run."""
+        """Series (barrier or auto-fix on) whose infers are all finished but Fix COR Outliers has not run."""
         with self._lock:
-            if not self.series_barrier:
+            if not (self.series_barrier or self.auto_fix):
                 return []
             out = []
             for s in sorted({r.series for r in self._rows if r.enabled} - self.fixed_series):

@@ -203,27 +203,43 @@ def try_batches(sino_row: torch.Tensor, geom: FBPGeometry, filt: str, centers: S
                 batch: int) -> Iterator[tuple]:
     """Yield ``(centers_chunk, images)`` for one sinogram row at many centres.
 
-    The row's FFT is shared by construction (one rfft of a (1, nproj, ne)
-    tensor is broadcast); only the phase ramp differs per candidate.
+    The row is filtered once; only the phase ramp differs per candidate.  The
+    backprojection matrix is built once per batch, so the batch should be as
+    large as memory allows (``TorchBackend.try_batch_size``).
     """
     cs = torch.as_tensor(np.asarray(centers, dtype=np.float64), device=sino_row.device)
+    spec = _row_spectrum(sino_row, geom, filt)
     for i in range(0, len(cs), batch):
         chunk = cs[i:i + batch]
-        filtered = _filter_shared(sino_row, geom, filt, chunk)
+        filtered = _shift_candidates(spec, geom, chunk)
         yield chunk.cpu().numpy(), backproject(filtered, geom)
 
 
-def _filter_shared(sino_row: torch.Tensor, geom: FBPGeometry, filt: str, centers: torch.Tensor) -> torch.Tensor:
-    """Filter one row once and apply K phase ramps: (nproj, nwin, K)."""
+# Candidates per FFT call when shifting: bounds the complex temporaries
+# (SUB x nproj x ne) so that the batch memory is dominated by its outputs.
+_SHIFT_SUB = 16
+
+
+def _row_spectrum(sino_row: torch.Tensor, geom: FBPGeometry, filt: str) -> torch.Tensor:
+    """Filtered spectrum of one (nproj, n) row, edge-padded to ne: (nproj, ne//2+1)."""
     n, ne = geom.n, geom.ne
     pad = (ne - n) // 2
     padded = torch.nn.functional.pad(sino_row[None], (pad, ne - n - pad), mode="replicate")[0]
     resp = torch.from_numpy(filter_response(filt, ne)).to(sino_row.device)
-    spec = torch.fft.rfft(padded, dim=-1) * resp.to(padded.dtype)  # (nproj, nf), once
-    freqs = torch.fft.rfftfreq(ne, device=sino_row.device, dtype=torch.float64)
-    shift = n / 2.0 - centers.to(torch.float64)
-    ramps = torch.polar(torch.ones_like(freqs)[None].expand(len(centers), -1).contiguous(),
-                        -2 * math.pi * shift[:, None] * freqs[None, :]).to(spec.dtype)
-    out = torch.fft.irfft(spec[None] * ramps[:, None, :], n=ne, dim=-1)  # (K, nproj, ne)
-    m = _margin(n)
-    return out[..., pad - m: pad + n + m].permute(1, 2, 0).contiguous()
+    return torch.fft.rfft(padded, dim=-1) * resp.to(padded.dtype)
+
+
+def _shift_candidates(spec: torch.Tensor, geom: FBPGeometry, centers: torch.Tensor) -> torch.Tensor:
+    """Apply one phase ramp per candidate centre to a row spectrum: (nproj, nwin, K)."""
+    n, ne = geom.n, geom.ne
+    pad, m = (ne - n) // 2, _margin(n)
+    nproj = spec.shape[0]
+    out = torch.empty(nproj, geom.nwin, len(centers), dtype=spec.real.dtype, device=spec.device)
+    freqs = torch.fft.rfftfreq(ne, device=spec.device, dtype=torch.float64)
+    for j in range(0, len(centers), _SHIFT_SUB):
+        shift = n / 2.0 - centers[j:j + _SHIFT_SUB].to(torch.float64)
+        ramps = torch.polar(torch.ones(len(shift), len(freqs), dtype=torch.float64, device=spec.device),
+                            -2 * math.pi * shift[:, None] * freqs[None, :]).to(spec.dtype)
+        part = torch.fft.irfft(spec[None] * ramps[:, None, :], n=ne, dim=-1)  # (k, nproj, ne)
+        out[:, :, j:j + len(shift)] = part[..., pad - m: pad + n + m].permute(1, 2, 0)
+    return out

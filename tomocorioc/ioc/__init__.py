@@ -1,0 +1,1 @@
+"""The EPICS IOC layer: PV table, controller, CA (caproto) and PVA (pvapy) servers."""

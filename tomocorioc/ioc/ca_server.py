@@ -1,0 +1,245 @@
+"""Channel Access server (caproto) over the :class:`~.controller.Controller`.
+
+Thin by design: every PV comes from :mod:`.pvdefs`; a put is validated and
+applied by the controller in a single helper thread (so the event loop keeps
+serving while SQLite writes), and a status task copies the controller's
+snapshot into the PVs that changed.  Workarounds for caproto 1.3.0 live in
+:class:`RobustContext` (see its docstring).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from caproto import ChannelType
+from caproto.asyncio.server import Context
+from caproto.server import PVGroup, SubGroup, pvproperty
+from caproto.server.autosave import AutosaveHelper, RotatingFileManager, autosaved
+
+from .controller import Controller, PutError
+from .pvdefs import LONG_STRING, Kind, PVDef, Role, pv_table
+
+log = logging.getLogger(__name__)
+
+STATUS_PERIOD = 0.2      # s between status snapshots
+WATCHDOG_START = 5       # ServerRunning falls to Stopped 5 s after the dispatcher stops beating
+AUTOSAVE_DEBOUNCE = 0.3  # s: one save for a burst of setting puts
+
+
+class RobustContext(Context):
+    """caproto's asyncio Context with three fixes measured on caproto 1.3.0.
+
+    * Monitor fan-out iterated the live per-PV subscription deque while
+      awaiting each send; a client disconnecting meanwhile removed entries and
+      the loop died with 'deque mutated during iteration', silencing every
+      monitor.  We iterate over a copy and skip subscriptions of closed circuits.
+    * Accepted TCP sockets kept Nagle's algorithm: a put-callback response
+      queued behind a monitor update waited for the client's delayed ACK
+      (~40 ms).  TCP_NODELAY is set on every accepted socket.
+    * Beacons follow EPICS_CAS_BEACON_ADDR_LIST (set by ``serve`` to the
+      served interfaces), never the auto broadcast list.
+    """
+
+    async def _subscription_queue_iteration(self, sub_specs, metadata, values, flags, sub):
+        if sub is None:
+            for sub_spec in sub_specs:
+                for each in list(self.subscriptions.get(sub_spec, ())):
+                    circuit = getattr(each, "circuit", None)
+                    if circuit is not None and not getattr(circuit, "connected", True):
+                        continue
+                    await self._subscription_queue_send(sub_spec, each, metadata=metadata, values=values,
+                                                        flags=flags)
+            return
+        await super()._subscription_queue_iteration(sub_specs, metadata, values, flags, sub)
+
+    async def server_accept_loop(self, sock):
+        from caproto.asyncio.server import _TransportWrapper
+
+        def _new_client(reader, writer):
+            raw = writer.get_extra_info("socket")
+            if raw is not None:
+                try:
+                    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                except OSError as exc:  # not TCP (should not happen): keep serving
+                    log.debug("TCP_NODELAY not set: %s", exc)
+            transport = _TransportWrapper(reader, writer)
+            self.server_tasks.create(self.tcp_handler(transport, transport.getpeername()))
+
+        await asyncio.start_server(_new_client, sock=sock)
+
+
+class _QuietRejections(logging.Filter):
+    """caproto logs a traceback for every failed put; a rejected put is routine: one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, PutError):
+            record.msg, record.args, record.exc_info, record.exc_text = f"put rejected: {exc}", (), None, None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+def install_log_filter() -> None:
+    """Attach the rejection filter to the root handlers (caproto logs from per-circuit loggers)."""
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_QuietRejections())
+
+
+def _attr(name: str) -> str:
+    return "pv_" + name.replace(":", "_")
+
+
+def _prop(p: PVDef) -> pvproperty:
+    """A caproto pvproperty for one PV definition (alarm group per PV)."""
+    kw: Dict[str, Any] = dict(name=p.name, read_only=not p.kind.writable, doc=p.desc, alarm_group=p.name)
+    k = p.kind
+    if k.is_enum:
+        kw.update(dtype=ChannelType.ENUM, enum_strings=list(p.enums), value=p.enums[int(p.default or 0)])
+    elif k in (Kind.AI, Kind.AO):
+        # No limits on the caproto side: it would reject an out-of-range put before
+        # our putter could say why in Message (the template carries LOPR/HOPR/DRVL/DRVH).
+        kw.update(dtype=float, value=float(p.default or 0.0), precision=p.prec, units=p.units)
+    elif k in (Kind.LONGIN, Kind.LONGOUT):
+        kw.update(dtype=int, value=int(p.default or 0))
+    elif k in (Kind.STRINGIN, Kind.STRINGOUT):
+        kw.update(dtype=ChannelType.STRING, value=str(p.default or ""))
+    else:  # long strings: char arrays, read/written whole with caget -S / caput -S or PV.$
+        kw.update(dtype=ChannelType.CHAR, max_length=LONG_STRING, report_as_string=False,
+                  value=str(p.default or ""))
+    return pvproperty(**kw)
+
+
+class _Base(PVGroup):
+    """Behaviour shared by the generated group (the PVs are added by :func:`build_group`)."""
+
+    autosave_helper = SubGroup(AutosaveHelper)
+
+    def __init__(self, *args: Any, controller: Controller, autosave_file: Optional[Path] = None,
+                 **kwargs: Any) -> None:
+        self.controller = controller
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ioc-put")
+        self.defs = {p.name: p for p in pv_table()}
+        self._props: Dict[str, Any] = {}
+        self._last: Dict[str, Any] = {}
+        self._save_pending = False
+        self._watchdog = WATCHDOG_START
+        self._beat = -1
+        super().__init__(*args, **kwargs)
+        for p in self.defs.values():
+            self._props[p.name] = getattr(self, _attr(p.name))
+        helper = self.autosave_helper
+        if autosave_file is not None:
+            autosave_file.parent.mkdir(parents=True, exist_ok=True)
+            helper.file_manager = RotatingFileManager(str(autosave_file))
+            helper.filename = str(autosave_file)
+        helper.period = 3600.0  # we save on change and on exit; the periodic save is only a backstop
+
+    # -- puts --------------------------------------------------------------------
+    async def handle_put(self, instance: Any, value: Any) -> Any:
+        """The putter of every writable PV: validate + apply off the loop, or fail the put."""
+        name = instance.pvname[len(self.prefix):]
+        p = self.defs[name]
+        loop = asyncio.get_running_loop()
+        try:
+            result = await loop.run_in_executor(self.executor, self.controller.put, name, value)
+        except PutError as exc:
+            self.controller.message(str(exc))
+            await self._publish({"Message": self.controller.last_message})
+            raise
+        if p.role is Role.SETTING:
+            self._schedule_save()
+        if p.kind.is_enum:
+            result = p.enums[int(result)]
+        # Selection and page changes alter many readbacks: publish at once, not at the next tick.
+        loop.call_soon(lambda: asyncio.ensure_future(self.refresh()))
+        return result
+
+    def _schedule_save(self) -> None:
+        if self._save_pending:
+            return
+        self._save_pending = True
+
+        async def later() -> None:
+            await asyncio.sleep(AUTOSAVE_DEBOUNCE)
+            self._save_pending = False
+            await self.autosave_helper.save()
+        asyncio.ensure_future(later())
+
+    async def save_now(self) -> None:
+        """Write the autosave file (on exit)."""
+        await self.autosave_helper.save()
+
+    # -- status ------------------------------------------------------------------
+    async def _publish(self, values: Dict[str, Any]) -> None:
+        for name, value in values.items():
+            if self._last.get(name, object()) == value:
+                continue
+            p = self.defs.get(name)
+            if p is None:
+                continue
+            out = p.enums[int(value)] if p.kind.is_enum else value
+            severity = 0
+            if p.kind is Kind.MBBI and name.endswith("Status"):
+                from .pvdefs import ROW_SEVERITY
+                severity = ROW_SEVERITY.get(p.enums[int(value)], 0)
+            try:
+                await self._props[name].write(out, verify_value=False, severity=severity)
+            except (ValueError, TypeError) as exc:   # a bug in the snapshot: log, keep serving
+                log.error("cannot publish %s=%r: %s", name, value, exc)
+                continue
+            self._last[name] = value
+
+    async def refresh(self) -> None:
+        """Copy the controller's snapshot into the PVs that changed."""
+        loop = asyncio.get_running_loop()
+        snap = await loop.run_in_executor(self.executor, self.controller.snapshot, self._watchdog)
+        await self._publish(snap)
+
+    async def status_loop_with(self, pva: Optional[Any] = None) -> None:
+        """Status every STATUS_PERIOD (and the PVA channels); the watchdog ticks once a second."""
+        loop = asyncio.get_running_loop()
+        next_tick = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if now >= next_tick:
+                next_tick = now + 1.0
+                beat = self.controller.service.dispatcher.heartbeat
+                self._watchdog = WATCHDOG_START if beat != self._beat else max(0, self._watchdog - 1)
+                self._beat = beat
+            try:
+                await self.refresh()
+                if pva is not None:
+                    await loop.run_in_executor(self.executor, pva.poll, self.controller.service)
+            except Exception:  # noqa: BLE001 - the status loop must survive any snapshot bug
+                log.exception("status update failed")
+            await asyncio.sleep(STATUS_PERIOD)
+
+    async def publish_settings(self) -> None:
+        """Make the setting PVs show the service's settings (before autosave restores over them)."""
+        await self._publish(self.controller.setting_values())
+
+
+def build_group(prefix: str, controller: Controller, autosave_file: Optional[Path]) -> _Base:
+    """The IOC's PVGroup instance: one pvproperty per PV definition, puts wired to the controller."""
+    attrs: Dict[str, Any] = {}
+    for p in pv_table():
+        prop = _prop(p)
+        if p.kind.writable:
+            prop = prop.putter(_putter)
+        if p.autosave:
+            prop = autosaved(prop)
+        attrs[_attr(p.name)] = prop
+    cls = type("TomoCorGroup", (_Base,), attrs)
+    return cls(prefix=prefix, controller=controller, autosave_file=autosave_file)
+
+
+async def _putter(group: _Base, instance: Any, value: Any) -> Any:
+    return await group.handle_put(instance, value)
+
+
+__all__ = ["RobustContext", "build_group", "STATUS_PERIOD"]

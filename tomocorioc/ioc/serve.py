@@ -1,0 +1,136 @@
+"""``tomocorioc serve``: the IOC process (CA via caproto, PVA via pvapy, work in the dispatcher's workers).
+
+Start-up order: network environment (interfaces, beacons) -> durable service
+state -> PVs showing the stored settings -> autosave restore (through the same
+validated put path) -> serve.  SIGTERM/SIGINT: autosave written, workers
+stopped, servers closed, exit 0.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import List
+
+from .pvdefs import DEFAULT_PREFIX
+
+log = logging.getLogger(__name__)
+
+
+def add_serve_arguments(ap: argparse.ArgumentParser) -> None:
+    """Options of ``tomocorioc serve``."""
+    ap.add_argument("--prefix", default=DEFAULT_PREFIX, help=f"PV prefix (default {DEFAULT_PREFIX})")
+    ap.add_argument("--data-root", action="append", type=Path, default=[], metavar="DIR",
+                    help="directory whose files may be queued (repeat for several); Enqueue outside is refused")
+    ap.add_argument("--state", type=Path, required=True,
+                    help="state directory: queue database and autosave files")
+    ap.add_argument("--gpus", help="GPU slots, e.g. 0,1 (default: the autosaved Gpus, else all visible GPUs, "
+                    "else one CPU slot)")
+    ap.add_argument("--interface", action="append", default=[], metavar="ADDR",
+                    help="serve CA/PVA on this address only (repeat; default EPICS_CAS_INTF_ADDR_LIST or all)")
+    ap.add_argument("--backend", choices=("torch", "tomocupy"), default="torch", help="reconstruction backend")
+    ap.add_argument("--tomocupy", default="tomocupy", help="tomocupy program (with --backend tomocupy)")
+    ap.add_argument("--device", help="torch device for the workers (default: the slot's GPU, else cpu)")
+    ap.add_argument("--no-pva", action="store_true", help="serve Channel Access only")
+
+
+def configure_network(interfaces: List[str]) -> List[str]:
+    """Bind CA (and PVA) to ``interfaces`` and send beacons there only; returns the interfaces."""
+    if not interfaces:
+        env = os.environ.get("EPICS_CAS_INTF_ADDR_LIST", "").split()
+        interfaces = env or ["0.0.0.0"]
+    if interfaces != ["0.0.0.0"]:
+        os.environ["EPICS_CAS_INTF_ADDR_LIST"] = " ".join(interfaces)
+        os.environ.setdefault("EPICS_CAS_BEACON_ADDR_LIST", " ".join(interfaces))
+        os.environ.setdefault("EPICS_CAS_AUTO_BEACON_ADDR_LIST", "NO")
+        os.environ.setdefault("EPICS_PVAS_INTF_ADDR_LIST", interfaces[0])
+        os.environ.setdefault("EPICS_PVAS_BEACON_ADDR_LIST", " ".join(interfaces))
+        os.environ.setdefault("EPICS_PVAS_AUTO_BEACON_ADDR_LIST", "NO")
+    # caproto batches monitor updates for 10 ms before sending the first one; an
+    # operator's put-and-watch round trip should not pay that (read at import).
+    os.environ.setdefault("CAPROTO_SERVER_HIGH_LOAD_TIMEOUT_SEC", "0.001")
+    return interfaces
+
+
+async def _serve(args: argparse.Namespace, interfaces: List[str]) -> int:
+    from ..dispatch.dispatcher import slots_for
+    from ..service import Service
+    from .ca_server import RobustContext, build_group, install_log_filter
+    from .controller import Controller
+
+    install_log_filter()
+
+    state = args.state.resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    runner = {"backend": args.backend, "tomocupy": args.tomocupy, "device": args.device}
+    # The stored Gpus setting applies unless --gpus overrides it.
+    from ..store import StateStore
+    probe = StateStore(state)
+    stored = (probe.settings().get("service") or {}).get("gpus")
+    probe.close()
+    gpus = args.gpus if args.gpus is not None else stored
+    service = Service(state, slots_for(gpus), runner)
+    if args.gpus is not None:
+        service.update_settings(gpus=args.gpus or None)
+    controller = Controller(service, args.data_root, slot_factory=slots_for)
+    group = build_group(args.prefix, controller, state / "autosave" / "tomoCor_settings.json")
+    await group.publish_settings()
+    pva_pub = None
+    if not args.no_pva:
+        from .pva_server import PvaPublisher
+        pva_pub = PvaPublisher(args.prefix)
+    service.start()
+    ctx = RobustContext(group.pvdb, interfaces)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def status() -> None:
+        await group.status_loop_with(pva_pub)
+
+    server = asyncio.ensure_future(ctx.run(log_pv_names=False))
+    status_task = asyncio.ensure_future(status())
+    log.warning("tomocorioc IOC %s serving on %s (state %s)", args.prefix, ", ".join(interfaces), state)
+    done, _ = await asyncio.wait({asyncio.ensure_future(stop.wait()), server}, return_when=asyncio.FIRST_COMPLETED)
+    code = 0
+    if server in done and server.exception() is not None:
+        log.error("CA server failed: %s", server.exception())
+        code = 1
+    log.warning("shutting down: saving settings, stopping workers")
+    try:
+        await group.save_now()
+    except OSError as exc:
+        log.error("autosave on exit failed: %s", exc)
+    status_task.cancel()
+    server.cancel()
+    await asyncio.gather(status_task, server, return_exceptions=True)
+    if pva_pub is not None:
+        pva_pub.stop()
+    await loop.run_in_executor(None, service.stop)
+    group.executor.shutdown(wait=False)
+    return code
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Entry point of ``tomocorioc serve``."""
+    roots = [r for r in args.data_root]
+    missing = [str(r) for r in roots if not r.is_dir()]
+    if missing:
+        print(f"tomocorioc serve: data root is not a directory: {missing[0]}", file=sys.stderr)
+        return 2
+    if not roots:
+        log.warning("no --data-root: every Enqueue will be refused")
+    interfaces = configure_network(list(args.interface))
+    try:
+        return asyncio.run(_serve(args, interfaces))
+    except OSError as exc:   # e.g. the port or state directory is unusable
+        print(f"tomocorioc serve: {exc}", file=sys.stderr)
+        return 1
+
+
+__all__ = ["add_serve_arguments", "run_serve", "configure_network"]
