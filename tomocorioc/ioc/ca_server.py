@@ -21,13 +21,13 @@ from caproto.asyncio.server import Context
 from caproto.server import PVGroup, SubGroup, pvproperty
 from caproto.server.autosave import AutosaveHelper, RotatingFileManager, autosaved
 
-from .controller import Controller, PutError
+from .controller import Controller, PutError, Watchdog
 from .pvdefs import LONG_STRING, Kind, PVDef, Role, pv_table
 
 log = logging.getLogger(__name__)
 
 STATUS_PERIOD = 0.2      # s between status snapshots
-WATCHDOG_START = 5       # ServerRunning falls to Stopped 5 s after the dispatcher stops beating
+WATCHDOG_START = 4       # counts 4..0 once a second: Stopped 4-5 s after the last heartbeat
 AUTOSAVE_DEBOUNCE = 0.3  # s: one save for a burst of setting puts
 
 
@@ -127,8 +127,7 @@ class _Base(PVGroup):
         self._props: Dict[str, Any] = {}
         self._last: Dict[str, Any] = {}
         self._save_pending = False
-        self._watchdog = WATCHDOG_START
-        self._beat = -1
+        self._watchdog = Watchdog(WATCHDOG_START)
         super().__init__(*args, **kwargs)
         for p in self.defs.values():
             self._props[p.name] = getattr(self, _attr(p.name))
@@ -197,27 +196,34 @@ class _Base(PVGroup):
     async def refresh(self) -> None:
         """Copy the controller's snapshot into the PVs that changed."""
         loop = asyncio.get_running_loop()
-        snap = await loop.run_in_executor(self.executor, self.controller.snapshot, self._watchdog)
+        snap = await loop.run_in_executor(self.executor, self.controller.snapshot)
         await self._publish(snap)
 
     async def status_loop_with(self, pva: Optional[Any] = None) -> None:
-        """Status every STATUS_PERIOD (and the PVA channels); the watchdog ticks once a second."""
-        loop = asyncio.get_running_loop()
+        """Status every STATUS_PERIOD (and the PVA channels); the watchdog ticks once a second.
+
+        The watchdog is published from the loop itself, never behind the
+        snapshot: a dispatcher stuck holding the queue lock also blocks the
+        snapshot, and ServerRunning must still fall to Stopped.
+        """
         next_tick = time.monotonic()
+        pending: Optional[asyncio.Future] = None
         while True:
             now = time.monotonic()
             if now >= next_tick:
                 next_tick = now + 1.0
-                beat = self.controller.service.dispatcher.heartbeat
-                self._watchdog = WATCHDOG_START if beat != self._beat else max(0, self._watchdog - 1)
-                self._beat = beat
-            try:
-                await self.refresh()
-                if pva is not None:
-                    await loop.run_in_executor(self.executor, pva.poll, self.controller.service)
-            except Exception:  # noqa: BLE001 - the status loop must survive any snapshot bug
-                log.exception("status update failed")
+                value = self._watchdog.tick(self.controller.service.dispatcher.heartbeat)
+                await self._publish({"Watchdog": value, "ServerRunning": int(value > 0)})
+            if pending is None or pending.done():
+                if pending is not None and pending.exception() is not None:
+                    log.error("status update failed: %s", pending.exception())
+                pending = asyncio.ensure_future(self._update(pva))
             await asyncio.sleep(STATUS_PERIOD)
+
+    async def _update(self, pva: Optional[Any]) -> None:
+        await self.refresh()
+        if pva is not None:
+            await asyncio.get_running_loop().run_in_executor(self.executor, pva.poll, self.controller.service)
 
     async def publish_settings(self) -> None:
         """Make the setting PVs show the service's settings (before autosave restores over them)."""

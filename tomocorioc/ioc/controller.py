@@ -73,6 +73,26 @@ def number(p: PVDef, value: Any) -> float:
     return v
 
 
+class Watchdog:
+    """tomoStream's watchdog: reset to ``start`` while the dispatcher's heartbeat moves, else count down.
+
+    :meth:`tick` is called once a second; ServerRunning is 'Running' while the
+    value is above zero, so a stalled dispatcher shows 'Stopped' within
+    ``start`` seconds.
+    """
+
+    def __init__(self, start: int = 5) -> None:
+        self.start = int(start)
+        self.value = self.start
+        self._beat: Optional[int] = None
+
+    def tick(self, beat: int) -> int:
+        """One second passed; ``beat`` is the dispatcher's heartbeat counter now."""
+        self.value = self.start if beat != self._beat else max(0, self.value - 1)
+        self._beat = beat
+        return self.value
+
+
 class Controller:
     """Maps PV puts onto the service and the service's state onto PV values."""
 
@@ -362,8 +382,8 @@ class Controller:
         raise PutError(f"{p.name}: not writable")
 
     # -- status ------------------------------------------------------------------------------
-    def snapshot(self, watchdog: int) -> Dict[str, Any]:
-        """Every status PV's value now (the server writes those that changed)."""
+    def snapshot(self) -> Dict[str, Any]:
+        """Every status PV's value now except the watchdog's (the server writes those that changed)."""
         svc, q = self.service, self.service.queue
         rows = q.rows()
         by_id = {r.id: r for r in rows}
@@ -385,7 +405,7 @@ class Controller:
         busy = bool(running) or (not q.paused and any(r.current_phase and r.enabled and not r.skipped
                                                       for r in rows))
         v: Dict[str, Any] = {
-            "Watchdog": watchdog, "ServerRunning": int(watchdog > 0), "Busy": int(busy), "Paused": int(q.paused),
+            "Busy": int(busy), "Paused": int(q.paused),
             "QueueLength": len(rows), "NumQueued": counts.get("queued", 0), "NumRunning": counts.get("running", 0),
             "NumDone": counts.get("done", 0) + counts.get("review", 0), "NumFailed": counts.get("failed", 0),
             "NumSkipped": counts.get("skipped", 0) + counts.get("disabled", 0),
@@ -469,4 +489,4 @@ def queue_table(rows: List[Row]) -> Dict[str, List[Any]]:
     return cols
 
 
-__all__ = ["Controller", "PutError", "queue_table", "enum_index", "number", "Kind"]
+__all__ = ["Watchdog", "Controller", "PutError", "queue_table", "enum_index", "number", "Kind"]

@@ -99,7 +99,7 @@ def pv_table() -> List[PVDef]:
     pvs: List[PVDef] = [
         # -- status (tomoStream style)
         _b("ServerRunning", S, "Python server alive (watchdog)", "Stopped", "Running", out=False),
-        PVDef("Watchdog", Kind.LONGIN, S, "Counts down unless dispatcher alive", 0, lo=0, hi=5),
+        PVDef("Watchdog", Kind.LONGIN, S, "Counts down unless dispatcher alive", 0, lo=0, hi=4),
         PVDef("ReconStatus", Kind.LSI, S, "What the service is doing now", ""),
         PVDef("ReconTime", Kind.AI, S, "Duration of the last phase", 0.0, units="s", prec=2),
         _b("Busy", S, "Jobs queued or running", "Done", "Busy", out=False),

