@@ -264,6 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--check", action="store_true", help="only compare; exit 1 when the files differ")
     gen.set_defaults(func=_cmd_gen_db)
 
+    scr = sub.add_parser("gen-screens", help="write adl/ MEDM (.adl) and Phoebus (.bob) screens from the PV table")
+    scr.add_argument("--out-dir", type=Path, default=Path("adl"), help="output directory (default ./adl)")
+    scr.add_argument("--check", action="store_true", help="only compare; exit 1 when the files differ")
+    scr.set_defaults(func=_cmd_gen_screens)
+
     demo = sub.add_parser("demo", help="simulate a short series and run the whole pipeline on it")
     demo.add_argument("--outdir", type=Path, help="where to write (default: a new temporary folder)")
     demo.add_argument("--n", type=int, default=3, help="number of scans (default 3)")
@@ -299,6 +304,11 @@ def _cmd_gen_db(args: argparse.Namespace) -> int:
     for path in dbgen.write(args.db_dir):
         print(path)
     return 0
+
+
+def _cmd_gen_screens(args: argparse.Namespace) -> int:
+    from .ioc import screens
+    return screens.main(["--out-dir", str(args.out_dir)] + (["--check"] if args.check else []))
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

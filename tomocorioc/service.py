@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Deque, Dict, Iterable, List, Optional
 
 from .core import sidecar
 from .core.jobs import DEFAULT_PHASES, PHASES, Row
@@ -44,6 +45,16 @@ class ServiceSettings:
     phases: Dict[str, bool] = field(default_factory=lambda: dict(DEFAULT_PHASES))  # for enqueue without phases
     gpus: Optional[str] = None   # '0,1'; None: every visible GPU (or one CPU slot)
     tomoscan_prefix: str = ""    # tomoScan IOC whose scans start work automatically
+    auto_trigger: bool = False   # queue each scan tomoScan finishes
+    trigger_phases: str = ""     # 'try,infer,full' for auto-queued files; blank: the phase enables
+    trigger_timeout: float = 300.0  # s to wait for a complete file before queueing it as failed
+
+    def trigger_phase_map(self) -> Dict[str, bool]:
+        """Phases an auto-queued file gets."""
+        if not self.trigger_phases.strip():
+            return dict(self.phases)
+        want = {p.strip() for p in self.trigger_phases.split(",") if p.strip()}
+        return {p: p in want for p in PHASES}
 
     def to_dict(self) -> Dict[str, Any]:
         """JSON-able form."""
@@ -78,6 +89,9 @@ class Service:
         self.dispatcher = self._make_dispatcher(slots)
         self.messages: List[str] = []
         self.last_finished: Optional[Dict[str, Any]] = None   # latest 'finished' dispatcher event
+        # Recent 'finished' events with a sequence number, so a poller misses none between two looks.
+        self.finished_events: Deque[Dict[str, Any]] = deque(maxlen=256)
+        self._event_seq = 0
         self.last_started: Optional[Dict[str, Any]] = None
         self._started = False
         self.store.set_setting("service", self.settings.to_dict())
@@ -91,7 +105,10 @@ class Service:
         # Runs on the dispatcher thread: record only (readers poll these attributes).
         data = dict(data, time=time.time())
         if kind == "finished":
+            self._event_seq += 1
+            data["seq"] = self._event_seq
             self.last_finished = data
+            self.finished_events.append(data)
         elif kind == "started":
             self.last_started = data
         elif kind in ("worker-lost", "fatal"):
@@ -145,6 +162,15 @@ class Service:
         if ids:
             self.auto_skip({self.queue.row(i).series for i in ids})
         return ids
+
+    def enqueue_failed(self, path: str, reason: str, phases: Optional[Dict[str, bool]] = None) -> Optional[int]:
+        """Queue a file as failed with ``reason`` (it never became readable); None if already queued."""
+        ids = self.queue.add([str(path)], phases if phases is not None else self.settings.phases)
+        if not ids:
+            return None
+        self.queue.fail_row(ids[0], reason)
+        self.notice(f"{Path(path).name}: {reason}")
+        return ids[0]
 
     def abort(self) -> int:
         """Cancel everything; running workers are killed and restarted."""

@@ -197,6 +197,20 @@ class JobQueue:
             r.updated = time.time()
             self._changed([r], [event])
 
+    def fail_row(self, row_id: int, reason: str) -> None:
+        """Fail a row before it ran (e.g. its file never became complete): first queued phase failed, rest blocked."""
+        with self._lock:
+            r = self._get(row_id)
+            if r.running_phase:
+                raise QueueError(f"cannot fail a running row: {r.path}")
+            first = True
+            for p in PHASES:
+                if r.state[p] is PhaseState.QUEUED:
+                    transition(r, p, PhaseState.FAILED if first else PhaseState.BLOCKED, reason)
+                    first = False
+            r.error = reason
+            self._changed([r])
+
     def mark_skipped(self, row_id: int, reason: str) -> None:
         """Disable a row as skipped (e.g. an aborted acquisition)."""
         with self._lock:

@@ -96,8 +96,10 @@ class Watchdog:
 class Controller:
     """Maps PV puts onto the service and the service's state onto PV values."""
 
-    def __init__(self, service: Any, data_roots: Sequence[Path], slot_factory: Optional[Callable] = None) -> None:
+    def __init__(self, service: Any, data_roots: Sequence[Path], slot_factory: Optional[Callable] = None,
+                 trigger: Any = None) -> None:
         self.service = service
+        self.trigger = trigger              # TriggerManager, when this IOC can watch tomoScan
         self.data_roots = [Path(r).resolve() for r in data_roots]
         self.slot_factory = slot_factory    # gpus string -> slot specs (for the Gpus setting)
         self.defs = by_name()
@@ -198,8 +200,37 @@ class Controller:
             text = self._text(p, value)
             if text and (" " in text or len(text) > 36):
                 raise PutError(f"TomoScanPrefix: {text!r} is not a PV prefix")
+            changed = text != s.tomoscan_prefix
+            if s.auto_trigger and not text:
+                raise PutError("TomoScanPrefix: cannot be blank while AutoTrigger is On")
             self.service.update_settings(tomoscan_prefix=text)
+            if changed and s.auto_trigger:
+                self.relink()
             return text
+        if name == "AutoTrigger":
+            v = enum_index(p, value)
+            if v and not s.tomoscan_prefix:
+                raise PutError("AutoTrigger: set TomoScanPrefix first")
+            if v and self.trigger is None:
+                raise PutError("AutoTrigger: this IOC was started without the trigger")
+            changed = bool(v) != s.auto_trigger
+            self.service.update_settings(auto_trigger=bool(v))
+            if changed:
+                self.relink()
+            return v
+        if name == "TriggerPhases":
+            text = self._text(p, value).replace(" ", "")
+            bad = [x for x in text.split(",") if x and x not in PHASES]
+            if bad or (text and not [x for x in text.split(",") if x]):
+                raise PutError(f"TriggerPhases: {text!r} is not a comma list of {','.join(PHASES)}")
+            self.service.update_settings(trigger_phases=text)
+            return text
+        if name == "TriggerTimeout":
+            v = number(p, value)
+            self.service.update_settings(trigger_timeout=v)
+            if self.trigger is not None:
+                self.trigger.complete_timeout = v
+            return v
         if name in _TOMOLOG_PVS:
             text = self._text(p, value)
             key = _TOMOLOG_PVS[name]
@@ -223,6 +254,12 @@ class Controller:
             return text
         raise PutError(f"{name}: not a setting")
 
+    def relink(self) -> None:
+        """Point the trigger at the configured tomoScan (or stop it) after a settings change."""
+        if self.trigger is not None:
+            s = self.service.settings
+            self.trigger.set_tomoscan(s.tomoscan_prefix if s.auto_trigger and s.tomoscan_prefix else None)
+
     def setting_values(self) -> Dict[str, Any]:
         """Current value of every setting PV, from the service's settings."""
         s = self.service.settings
@@ -237,7 +274,8 @@ class Controller:
             "Metric": METRICS.index(s.metric) if s.metric in METRICS else 0,
             "ModelPath": s.model or "", "JobTimeout": max(timeouts) if timeouts else 0.0, "Gpus": s.gpus or "",
             "AutoFixOutliers": int(s.auto_fix_outliers), "SeriesBarrier": int(s.series_barrier),
-            "TomoScanPrefix": s.tomoscan_prefix})
+            "TomoScanPrefix": s.tomoscan_prefix, "AutoTrigger": int(s.auto_trigger),
+            "TriggerPhases": s.trigger_phases, "TriggerTimeout": s.trigger_timeout})
         for pv, key in _TOMOLOG_PVS.items():
             v = tl.get(key, tl.get({"vmin": "min", "vmax": "max"}.get(key, key)))
             out[pv] = "" if v is None else (f"{v:g}" if isinstance(v, float) else str(v))
@@ -412,6 +450,7 @@ class Controller:
             "NumNeedsReview": sum(1 for r in rows if r.needs_review),
             "Progress": round(100.0 * finished / requested, 1) if requested else 0.0,
             "NumSlots": len(slots), "Message": svc.messages[-1] if svc.messages else "",
+            "TriggerStatus": self.trigger.status if self.trigger is not None else "off",
         }
         if running:
             parts = [f"{s['phase']} {Path(r.path).name if r else '?'} ({s['name']})" for s, r in running]

@@ -113,7 +113,7 @@ class PvaPublisher:
         self.server.addRecord(self.names["Preview"], ntndarray(np.zeros((1, 1), np.float32), 0, "no image yet"))
         self.server.addRecord(self.names["Scores"], nttable(_SCORE_TYPES, {}, "no scores yet"))
         self._queue_uid = -1
-        self._event_key: Optional[tuple] = None
+        self._seq = 0
         self._image_uid = 0
 
     def poll(self, service: Any) -> None:
@@ -123,30 +123,32 @@ class PvaPublisher:
             self._queue_uid = q.uid
             self.server.update(self.names["Queue"], nttable(_QUEUE_TYPES, queue_table(q.rows()),
                                                             f"{len(q.rows())} rows"))
-        fin = service.last_finished
-        if not fin or not fin.get("success"):
+        new = [e for e in list(service.finished_events) if e.get("seq", 0) > self._seq and e.get("success")]
+        if not new:
             return
-        key = (fin.get("row"), fin.get("phase"), fin.get("time"))
-        if key == self._event_key:
-            return
-        self._event_key = key
-        try:
-            row = q.row(fin["row"])
-        except ValueError:
-            return
-        path = Path(row.path)
+        self._seq = max(e["seq"] for e in new)
+        latest: Dict[str, Dict[str, Any]] = {}
+        for e in new:   # only the newest infer and the newest full matter
+            if e.get("phase") in ("infer", "full"):
+                latest[e["phase"]] = e
         shown = None
-        try:
-            if fin["phase"] == "infer" and row.cor is not None:
-                shown = try_preview(path, row.cor)
-                cols = score_columns(path)
-                if cols:
-                    self.server.update(self.names["Scores"], nttable(_SCORE_TYPES, cols, f"scores of {path.name}"))
-            elif fin["phase"] == "full":
-                shown = full_preview(path)
-        except (OSError, ValueError) as exc:  # a half-written or foreign file: report, keep serving
-            service.notice(f"preview of {path.name}: {exc}")
-            return
+        for e in sorted(latest.values(), key=lambda e: e["seq"]):
+            try:
+                row = q.row(e["row"])
+            except ValueError:
+                continue
+            path = Path(row.path)
+            try:
+                if e["phase"] == "infer":
+                    cols = score_columns(path)
+                    if cols:
+                        self.server.update(self.names["Scores"], nttable(_SCORE_TYPES, cols, f"scores of {path.name}"))
+                    if row.cor is not None:
+                        shown = try_preview(path, row.cor) or shown
+                else:
+                    shown = full_preview(path) or shown
+            except (OSError, ValueError) as exc:  # a half-written or foreign file: report, keep serving
+                service.notice(f"preview of {path.name}: {exc}")
         if shown is not None:
             self._image_uid += 1
             self.server.update(self.names["Preview"], ntndarray(shown[0], self._image_uid, shown[1]))

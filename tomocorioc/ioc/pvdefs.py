@@ -128,7 +128,11 @@ def pv_table() -> List[PVDef]:
         PVDef("TomoLogBeamline", Kind.STRINGOUT, T, "TomoLog beamline", ""),
         PVDef("TomoLogMin", Kind.STRINGOUT, T, "TomoLog min (blank: auto)", ""),
         PVDef("TomoLogMax", Kind.STRINGOUT, T, "TomoLog max (blank: auto)", ""),
-        PVDef("TomoScanPrefix", Kind.STRINGOUT, T, "tomoScan PV prefix, e.g. 2bma:TomoScan:", ""),
+        PVDef("TomoScanPrefix", Kind.STRINGOUT, T, "tomoScan prefix, e.g. 2bma:TomoScan:", ""),
+        _b("AutoTrigger", T, "Queue each scan tomoScan finishes", "Off", "On", 0),
+        PVDef("TriggerPhases", Kind.STRINGOUT, T, "Phases for auto-queued files", ""),
+        PVDef("TriggerTimeout", Kind.AO, T, "Wait for a complete file at most", 300.0, lo=1, hi=86400, units="s"),
+        PVDef("TriggerStatus", Kind.LSI, S, "Trigger state, last file or error", "off"),
         # -- commands
         PVDef("Enqueue", Kind.LSO, C, "Queue a file, directory or glob", ""),
         _cmd("Start", "Start: requeue cancelled, run", "Start"),

@@ -6,21 +6,20 @@ Three screens, each written in both formats from one layout:
 * ``tomoCorQueue``: one page of queue rows, coloured by status and by series;
 * ``tomoCorEPICS_PVs``: the PV prefix, the tomoScan link, the model and TomoLog fields.
 
-Every PV name goes through :func:`_def` (a lookup in :func:`~.pvdefs.by_name`),
-so a screen can only name PVs the IOC serves.  ``python -m
-tomocorioc.ioc.screens [--out-dir adl] [--check]`` writes (or checks) the six
-files; the output is deterministic.  Names in the files carry the ``$(P)``
-macro (MEDM: ``medm -x -macro P=TomoCor: tomoCor.adl``; Phoebus: macro ``P``).
+Every PV name goes through :func:`_def` (a lookup in the PV table), so a screen names only PVs the IOC
+serves.  ``python -m tomocorioc.ioc.screens [--out-dir adl] [--check]`` writes (or checks) the six files,
+deterministically.  Names carry the ``$(P)`` macro (``medm -x -macro P=TomoCor: tomoCor.adl``).
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .pvdefs import DEFAULT_PREFIX, MAX_SLOTS, PAGE_ROWS, ROW_STATUSES, Kind, PVDef, Role, by_name, pv_table
 
@@ -30,34 +29,30 @@ MACRO = "$(P)"
 SCREENS = ("tomoCor", "tomoCorQueue", "tomoCorEPICS_PVs")
 
 # MEDM's standard 65-colour map (the one every medm display carries); widgets name colours by index.
-MEDM_COLORS: Tuple[str, ...] = (
-    "ffffff", "ececec", "dadada", "c8c8c8", "bbbbbb", "aeaeae", "9e9e9e", "919191", "858585", "787878",
-    "696969", "5a5a5a", "464646", "2d2d2d", "000000", "00d800", "1ebb00", "339900", "2d7f00", "216c00",
-    "fd0000", "de1309", "be190b", "a01207", "820400", "5893ff", "597ee1", "4b6ec7", "3a5eab", "27548d",
-    "fbf34a", "f9da3c", "eeb62b", "e19015", "cd6100", "ffb0ff", "d67fe2", "ae4ebc", "8b1a96", "610a75",
-    "a4aaff", "8793e2", "6a73c1", "4d52a4", "343386", "c7bb6d", "b79d5c", "a47e3c", "7d5627", "58340f",
-    "99ffff", "73dfff", "4ea5f9", "2a63e4", "0a00b8", "ebf1b5", "d4db9d", "bbc187", "a6a462", "8b8239",
-    "73ff6b", "52da3b", "3cb420", "289315", "1a7309",
-)
-WHITE, LIGHT, GREY, BG, BLACK, TITLE_FG = 0, 2, 8, 4, 14, 54
-GREEN, RED, ENTRY_BG, BUTTON_BG = 15, 20, 51, 51
+MEDM_COLORS: Tuple[str, ...] = tuple((
+    "ffffff ececec dadada c8c8c8 bbbbbb aeaeae 9e9e9e 919191 858585 787878 696969 5a5a5a 464646 "
+    "2d2d2d 000000 00d800 1ebb00 339900 2d7f00 216c00 fd0000 de1309 be190b a01207 820400 5893ff "
+    "597ee1 4b6ec7 3a5eab 27548d fbf34a f9da3c eeb62b e19015 cd6100 ffb0ff d67fe2 ae4ebc 8b1a96 "
+    "610a75 a4aaff 8793e2 6a73c1 4d52a4 343386 c7bb6d b79d5c a47e3c 7d5627 58340f 99ffff 73dfff "
+    "4ea5f9 2a63e4 0a00b8 ebf1b5 d4db9d bbc187 a6a462 8b8239 73ff6b 52da3b 3cb420 289315 1a7309").split())
+WHITE, LIGHT, BG, BLACK, TITLE_FG, GREEN, RED, ENTRY_BG, BUTTON_BG = 0, 2, 4, 14, 54, 15, 20, 51, 51
 # Row status -> band colour (idle rows stay uncoloured); statuses missing here share the last colour.
 STATUS_COLORS: Dict[str, int] = {"queued": 50, "running": 30, "done": 60, "review": 32, "failed": 20, "cancelled": 8}
 SERIES_COLORS: Tuple[int, ...] = (27, 33, 37, 17, 47, 52)   # Row<NN>:SeriesColor 0..5
 
 H = 20       # widget height
 PITCH = 23   # row pitch inside a section
+CHAR_W = 8   # pixels per character budgeted for static text (MEDM's fonts for 20-pixel text are this wide)
+
+
+_DEFS: Dict[str, PVDef] = by_name()
 
 
 def _def(name: str) -> PVDef:
     """The table entry of ``name`` (KeyError for a PV the IOC does not serve)."""
-    try:
-        return _DEFS[name]
-    except KeyError:
-        raise KeyError(f"screens name a PV that is not in the PV table: {name}") from None
-
-
-_DEFS: Dict[str, PVDef] = by_name()
+    if name not in _DEFS:
+        raise KeyError(f"screens name a PV that is not in the PV table: {name}")
+    return _DEFS[name]
 
 
 @dataclass(frozen=True)
@@ -121,6 +116,11 @@ class Screen:
             _def(w.gate)
         if w.x < 0 or w.y < 0 or w.x + w.w > self.width:
             raise ValueError(f"{self.name}: widget {w.kind} {w.pv or w.text!r} outside the display")
+        text = w.text.replace(MACRO, DEFAULT_PREFIX)
+        if w.kind in ("text", "button", "related") and len(text) * CHAR_W > w.w:
+            raise ValueError(f"{self.name}: {w.text!r} does not fit in {w.w} pixels")
+        if "(" in text or ")" in text:   # adl2pydm turns every parenthesis into a macro brace
+            raise ValueError(f"{self.name}: no parentheses in screen text: {w.text!r}")
         self.widgets.append(w)
         return w
 
@@ -129,29 +129,31 @@ class Screen:
         """The display ends 6 pixels below its lowest widget."""
         return max(w.y + w.h for w in self.widgets) + 6
 
-    def section(self, x: int, y: int, w: int, h: int, title: str) -> None:
-        """A bordered group with a title band."""
-        self.add(Widget("rect", x, y, w, h, fg=BLACK, outline=True))
+    def section(self, x: int, y: int, w: int, rows: int, title: str) -> int:
+        """A bordered group of ``rows`` rows with a title band; returns the y of its first row."""
+        self.add(Widget("rect", x, y, w, 24 + rows * PITCH + 6, fg=BLACK, outline=True))
         self.add(Widget("rect", x + 1, y + 1, w - 2, H, fg=LIGHT))
         self.add(Widget("text", x + 1, y + 1, w - 2, H, text=title, align="center"))
+        return y + 26
 
     def label(self, x: int, y: int, w: int, text: str, align: str = "right") -> None:
         self.add(Widget("text", x, y, w, H, text=text, align=align))
 
-    def control(self, x: int, y: int, w: int, name: str, alarm: bool = False) -> None:
+    def control(self, x: int, y: int, w: int, name: str, alarm: bool = False, h: int = H) -> None:
         """The widget a PV's kind calls for: menu for a writable enum, entry for other outputs, else a readback."""
         p = _def(name)
         if p.kind.writable and p.kind.is_enum:
-            self.add(Widget("menu", x, y, w, H, pv=name, bg=ENTRY_BG))
+            self.add(Widget("menu", x, y, w, h, pv=name, bg=ENTRY_BG))
         elif p.kind.writable:
-            self.add(Widget("entry", x, y, w, H, pv=name, bg=ENTRY_BG))
+            self.add(Widget("entry", x, y, w, h, pv=name, bg=ENTRY_BG))
         else:
-            self.add(Widget("update", x, y, w, H, pv=name, fg=TITLE_FG, alarm=alarm))
+            self.add(Widget("update", x, y, w, h, pv=name, fg=TITLE_FG, alarm=alarm))
 
-    def field(self, x: int, y: int, lw: int, cw: int, name: str, text: Optional[str] = None,
+    def field(self, col: Tuple[int, int, int], y: int, name: str, text: Optional[str] = None,
               alarm: bool = False) -> None:
-        """Label on the left (``lw`` wide), control on the right (``cw`` wide)."""
-        self.label(x, y, lw - 6, text if text is not None else label_of(name))
+        """``col`` = (x, label width, control width): label on the left, control on the right."""
+        x, lw, cw = col
+        self.label(x, y, lw - 6, text if text is not None else label_of(name, lw - 6))
         self.control(x + lw, y, cw, name, alarm)
 
     def button(self, x: int, y: int, w: int, name: str) -> None:
@@ -167,115 +169,108 @@ class Screen:
 
 # Short labels for the left column (the PV's DESC when absent).
 LABELS: Dict[str, str] = {
-    "ServerRunning": "Server", "ReconStatus": "Status", "ReconTime": "Recon time (s)", "Progress": "Progress (%)",
-    "CurrentFile": "Current file", "LastFile": "Last COR file", "LastCor": "Last COR (px)",
-    "MaxCorDelta": "Outlier max jump (px)", "CenterSearchWidth": "Try half width (px)",
-    "CenterSearchStep": "Try step (px)", "NSino": "Try row (0..1)", "FbpFilter": "FBP filter",
-    "CorMethod": "COR method", "Metric": "Sharpness metric", "ModelPath": "AI model (.pth)",
-    "JobTimeout": "Phase timeout (s, 0 none)", "Gpus": "GPUs (blank: auto)", "AutoFixOutliers": "Auto Fix Outliers",
-    "SeriesBarrier": "Series barrier", "TomoLogUrl": "Presentation URL", "TomoLogCloud": "Cloud service",
-    "TomoLogBeamline": "Beamline", "TomoLogMin": "Min (blank: auto)", "TomoLogMax": "Max (blank: auto)",
-    "TomoScanPrefix": "tomoScan prefix", "SelectFile": "Select file", "Selected:Cor": "COR (px)",
-    "Selected:CorSource": "Source", "Selected:NeedsReview": "Needs review", "RowOffset": "First row",
+    "ServerRunning": "Server", "Watchdog": "Watchdog", "Busy": "Busy", "Paused": "Queue", "ReconStatus": "Status",
+    "Message": "Message", "ReconTime": "Recon time [s]", "Progress": "Progress [%]", "CurrentFile": "Current file",
+    "LastFile": "file", "LastCor": "Last COR [px]", "MaxCorDelta": "Outlier max jump [px]",
+    "CenterSearchWidth": "Try half width [px]", "CenterSearchStep": "Try step [px]", "NSino": "Try row 0..1",
+    "FbpFilter": "FBP filter", "CorMethod": "COR method", "Metric": "Sharpness metric", "ModelPath": "AI model file",
+    "JobTimeout": "Phase timeout [s]", "Gpus": "GPUs, e.g. 0,1", "AutoFixOutliers": "Auto Fix Outliers",
+    "SeriesBarrier": "Series barrier", "TomoLogUrl": "TomoLog URL", "TomoLogCloud": "TomoLog cloud",
+    "TomoLogBeamline": "TomoLog beamline", "TomoLogMin": "TomoLog min", "TomoLogMax": "TomoLog max",
+    "TomoScanPrefix": "tomoScan prefix", "AutoTrigger": "Auto trigger", "TriggerPhases": "Trigger phases",
+    "TriggerTimeout": "Trigger timeout [s]", "TriggerStatus": "Trigger status", "SelectFile": "Select file",
+    "Selected:Status": "Status", "Selected:Phase": "Phase", "Selected:Cor": "COR [px]", "Selected:CorSource": "Source",
+    "Selected:Confidence": "Confidence", "Selected:NeedsReview": "Needs review", "Selected:Enable": "Enable",
+    "Selected:Series": "Series", "Selected:Error": "Error", "RowOffset": "First row", "QueueLength": "Rows in queue",
 }
 
 
-def label_of(name: str) -> str:
-    """The screen label of a PV."""
-    return LABELS.get(name) or _def(name).desc
+def label_of(name: str, width: int = 10 ** 6) -> str:
+    """The screen label of a PV: :data:`LABELS`, else its DESC when that fits, else its name in words."""
+    desc = _def(name).desc
+    if name in LABELS:
+        return LABELS[name]
+    if len(desc) * CHAR_W <= width and "(" not in desc:
+        return desc
+    words = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", name.split(":")[-1]).lower()
+    return words[:1].upper() + words[1:]
 
 
 def _phase_label(p: PVDef) -> str:
     return p.desc.replace("Phase ", "", 1)
 
 
+def _width(p: PVDef, wide: int) -> int:
+    """Control width: paths and messages get ``wide``, other strings 220, numbers and menus 110."""
+    return wide if p.kind in (Kind.LSI, Kind.LSO) else 220 if p.kind in (Kind.STRINGIN, Kind.STRINGOUT) else 110
+
+
 # -- the three screens --------------------------------------------------------------
+_COUNTS = (("QueueLength", "Rows"), ("NumQueued", "Queued"), ("NumRunning", "Running"), ("NumDone", "Done"),
+           ("NumFailed", "Failed"), ("NumSkipped", "Skipped"), ("NumNeedsReview", "Review"), ("NumSlots", "Slots"))
+
+
 def main_screen() -> Screen:
     """``tomoCor``: status, slots and selection on the left; commands, phases and settings on the right."""
     s = Screen("tomoCor", "tomoCor", 1110)
     lx, rx, cw = 5, 560, 545
-    # status
-    y = 40
-    s.section(lx, y, cw, 24 + 9 * PITCH + 6, "Status")
-    y += 26
-    s.label(lx + 4, y, 100, "Server")
-    s.add(Widget("colour", lx + 110, y + 2, 16, 16, pv="ServerRunning", conds=(Cond(0, 0, RED), Cond(1, 1, GREEN))))
-    s.control(lx + 130, y, 110, "ServerRunning")
-    s.field(lx + 270, y, 120, 60, "Watchdog")
-    y += PITCH
-    s.field(lx + 4, y, 106, 130, "Busy", "Busy")
-    s.field(lx + 270, y, 120, 130, "Paused", "Queue")
-    y += PITCH
-    for name in ("ReconStatus", "Message"):
-        s.field(lx + 4, y, 106, cw - 116, name, "Message" if name == "Message" else None)
+    left, right, wide = (lx + 4, 122, 124), (lx + 270, 120, 140), (lx + 4, 122, cw - 132)
+    rows = [((left, "Busy"), (right, "Paused")), ((wide, "ReconStatus"),), ((wide, "Message"),),
+            ((left, "Progress"), (right, "ReconTime")), ((wide, "CurrentFile"),),
+            (((lx + 4, 122, 70), "LastCor"), ((lx + 196, 40, cw - 242), "LastFile"))]
+    placed = {"ServerRunning", "Watchdog"} | {name for row in rows for _, name in row} | {c[0] for c in _COUNTS}
+    rows += [(((lx + 4, 122, _width(p, cw - 132)), p.name),) for p in pv_table()     # e.g. TriggerStatus
+             if p.role is Role.STATUS and p.name not in placed and not p.name.startswith(("Slot", "Row", "Selected:"))]
+    y = s.section(lx, 40, cw, len(rows) + 3, "Status")
+    s.label(lx + 4, y, 116, "Server")
+    s.add(Widget("colour", lx + 126, y + 2, 16, 16, pv="ServerRunning", conds=(Cond(0, 0, RED), Cond(1, 1, GREEN))))
+    s.control(lx + 146, y, 104, "ServerRunning")
+    s.field((right[0], right[1], 60), y, "Watchdog")
+    for row in rows:
         y += PITCH
-    for i, name in enumerate(("Progress", "ReconTime", "LastCor")):
-        s.field(lx + 4 + i * 178, y, 106, 64, name)
+        for col, name in row:
+            s.field(col, y, name)
     y += PITCH
-    for name in ("CurrentFile", "LastFile"):
-        s.field(lx + 4, y, 106, cw - 116, name)
-        y += PITCH
-    counts = (("QueueLength", "Rows"), ("NumQueued", "Queued"), ("NumRunning", "Running"), ("NumDone", "Done"),
-              ("NumFailed", "Failed"), ("NumSkipped", "Skipped"), ("NumNeedsReview", "Review"), ("NumSlots", "Slots"))
-    step = (cw - 8) // len(counts)
-    for i, (name, text) in enumerate(counts):
+    step = (cw - 8) // len(_COUNTS)
+    for i, (name, text) in enumerate(_COUNTS):
         s.add(Widget("text", lx + 4 + i * step, y, step - 4, H, text=text, align="center"))
         s.add(Widget("update", lx + 4 + i * step, y + PITCH, step - 4, H, pv=name, fg=TITLE_FG, align="center"))
-    y += 2 * PITCH + 12
-    # worker slots
-    s.section(lx, y, cw, 24 + (MAX_SLOTS + 1) * PITCH + 6, "Worker slots")
-    y += 26
-    cols = ((":Name", 80, "Device"), (":File", 300, "File"), (":Phase", 80, "Phase"), (":Elapsed", 65, "Elapsed (s)"))
-    x = lx + 5
-    for _, w, text in cols:
-        s.add(Widget("text", x, y, w, H, text=text, align="center"))
-        x += w + 4
-    for n in range(1, MAX_SLOTS + 1):
-        y += PITCH
+    y = s.section(lx, y + 2 * PITCH + 12, cw, MAX_SLOTS + 1, "Worker slots")
+    cols = ((":Name", 80, "Device"), (":File", 280, "File"), (":Phase", 80, "Phase"), (":Elapsed", 88, "Elapsed [s]"))
+    for n in range(0, MAX_SLOTS + 1):
         x = lx + 5
-        for suffix, w, _ in cols:
-            s.add(Widget("update", x, y, w, H, pv=f"Slot{n}{suffix}", fg=TITLE_FG))
+        for suffix, w, text in cols:
+            if n:
+                s.add(Widget("update", x, y, w, H, pv=f"Slot{n}{suffix}", fg=TITLE_FG))
+            else:
+                s.add(Widget("text", x, y, w, H, text=text, align="center"))
             x += w + 4
-    y += PITCH + 12
-    # the selected file
-    s.section(lx, y, cw, 24 + 6 * PITCH + 6, "Selected file")
-    y += 26
-    s.field(lx + 4, y, 106, cw - 116, "SelectFile")
-    y += PITCH
-    pairs = (("Selected:Status", "Selected:Phase"), ("Selected:Cor", "Selected:CorSource"),
-             ("Selected:Confidence", "Selected:NeedsReview"), ("Selected:Enable", "Selected:Series"))
-    for a, b in pairs:
-        s.field(lx + 4, y, 106, 130, a, label_of(a).replace(" of the selected file", "").replace("Selected file ", ""),
-                alarm=a == "Selected:Status")
-        s.field(lx + 250, y, 110, cw - 366, b, label_of(b).replace(" of the selected file", ""))
         y += PITCH
-    s.field(lx + 4, y, 106, cw - 116, "Selected:Error", "Error")
-    # commands
-    y = 40
-    s.section(rx, y, cw, 24 + 3 * PITCH + 8, "Commands")
-    y += 26
-    s.field(rx + 4, y, 106, cw - 116, "Enqueue", "Enqueue")
+    y = s.section(lx, y + 12, cw, 6, "Selected file")
+    s.field(wide, y, "SelectFile")
+    for a, b in (("Selected:Status", "Selected:Phase"), ("Selected:Cor", "Selected:CorSource"),
+                 ("Selected:Confidence", "Selected:NeedsReview"), ("Selected:Enable", "Selected:Series")):
+        y += PITCH
+        s.field(left, y, a, alarm=a == "Selected:Status")
+        s.field(right, y, b)
+    s.field(wide, y + PITCH, "Selected:Error")
+    # right column
+    y = s.section(rx, 40, cw, 3, "Commands")
+    s.field((rx + 4, 106, cw - 116), y, "Enqueue")
     cmds = [p.name for p in pv_table() if p.role is Role.COMMAND and p.kind is Kind.BO]
     per_row = (len(cmds) + 1) // 2
     bw = (cw - 10) // per_row
     for i, name in enumerate(cmds):
         s.button(rx + 5 + (i % per_row) * bw, y + PITCH * (1 + i // per_row) + 2, bw - 6, name)
-    y += 3 * PITCH + 20
-    # phase enables
     phases = [p for p in pv_table() if p.role is Role.SETTING and p.name.startswith("Phase")]
-    s.section(rx, y, cw, 24 + len(phases) * PITCH + 6, "Phases")
-    y += 26
+    y = s.section(rx, y + 3 * PITCH + 20, cw, len(phases), "Phases")
     for p in phases:
-        s.field(rx + 4, y, 250, 110, p.name, _phase_label(p))
+        s.field((rx + 4, 250, 110), y, p.name, _phase_label(p))
         y += PITCH
-    y += 12
-    # settings
     settings = [p for p in pv_table() if p.role is Role.SETTING and p not in phases]
-    s.section(rx, y, cw, 24 + len(settings) * PITCH + 6, "Settings")
-    y += 26
+    y = s.section(rx, y + 12, cw, len(settings), "Settings")
     for p in settings:
-        width = cw - 190 if p.kind is Kind.LSO else 220 if p.kind is Kind.STRINGOUT else 110
-        s.field(rx + 4, y, 180, width, p.name)
+        s.field((rx + 4, 180, _width(p, cw - 190)), y, p.name)
         y += PITCH
     s.related(5, 8, 90, "tomoCorQueue", "Queue...")
     s.related(s.width - 115, 8, 110, "tomoCorEPICS_PVs", "EPICS PVs...")
@@ -290,19 +285,20 @@ def _status_conds() -> Tuple[Cond, ...]:
 
 def queue_screen() -> Screen:
     """``tomoCorQueue``: PAGE_ROWS rows (file, COR, status, series, enable, COR source) and page buttons."""
-    band = 26
+    band, inset = 27, 4    # row pitch; the status colour shows as a frame this wide around the row's widgets
     s = Screen("tomoCorQueue", "queue", 1010)
     y = 42
-    s.field(5, y, 80, 60, "RowOffset")
-    for i in range(5):
-        s.add(Widget("button", 150 + i * 76, y, 70, H, pv="RowOffset", text=f"{i * PAGE_ROWS + 1}-{(i + 1) * PAGE_ROWS}",
-                     value=str(i * PAGE_ROWS), bg=BUTTON_BG))
-    s.field(540, y, 110, 60, "QueueLength", "Rows in queue")
+    s.field((5, 80, 60), y, "RowOffset")
+    for i in range(5):      # page buttons: RowOffset = 0, 16, 32, ...
+        first = i * PAGE_ROWS
+        s.add(Widget("button", 150 + i * 76, y, 70, H, pv="RowOffset", text=f"{first + 1}-{first + PAGE_ROWS}",
+                     value=str(first), bg=BUTTON_BG))
+    s.field((540, 120, 60), y, "QueueLength")
     s.related(s.width - 115, y, 110, "tomoCor", "Main...")
-    cols = (("File", 300, "File"), ("Cor", 90, "COR (px)"), ("Status", 90, "Status"), ("Series", 226, "Series"),
+    cols = (("File", 300, "File"), ("Cor", 90, "COR [px]"), ("Status", 90, "Status"), ("Series", 216, "Series"),
             ("Enable", 90, "Enable"), ("CorSource", 170, "COR source"))
     y = 70
-    x = 10
+    x = 12
     for _, w, text in cols:
         s.add(Widget("text", x, y, w, H, text=text, align="center"))
         x += w + 6
@@ -310,16 +306,16 @@ def queue_screen() -> Screen:
     for n in range(1, PAGE_ROWS + 1):
         r = f"Row{n:02d}"
         y = 94 + (n - 1) * band
-        s.add(Widget("colour", 5, y, s.width - 10, band - 2, pv=f"{r}:Status", conds=status_conds))
-        x = 10
+        s.add(Widget("colour", 5, y, s.width - 10, band - 1, pv=f"{r}:Status", conds=status_conds))
+        x, h = 12, band - 1 - 2 * inset
         for suffix, w, _ in cols:
             name = f"{r}:{suffix}"
             if suffix == "Series":
-                s.add(Widget("colour", x, y + 2, 16, H, pv=f"{r}:SeriesColor", gate=f"{r}:Status",
+                s.add(Widget("colour", x, y + inset, 16, h, pv=f"{r}:SeriesColor", gate=f"{r}:Status",
                              conds=tuple(Cond(i, i, c) for i, c in enumerate(SERIES_COLORS))))
-                s.control(x + 20, y + 2, w - 20, name)
+                s.control(x + 20, y + inset, w - 20, name, h=h)
             else:
-                s.control(x, y + 2, w, name, alarm=suffix == "Status")
+                s.control(x, y + inset, w, name, alarm=suffix == "Status", h=h)
             x += w + 6
     y = 94 + PAGE_ROWS * band + 8
     s.label(5, y, 60, "Status:")
@@ -327,8 +323,8 @@ def queue_screen() -> Screen:
     for c in status_conds:
         text = "/".join(ROW_STATUSES[c.lo:c.hi + 1])
         s.add(Widget("rect", x, y + 2, 16, 16, fg=c.color))
-        s.label(x + 20, y, 8 * len(text), text, align="left")
-        x += 30 + 8 * len(text)
+        s.label(x + 20, y, 9 * len(text), text, align="left")
+        x += 32 + 9 * len(text)
     return s
 
 
@@ -336,32 +332,24 @@ def pvs_screen() -> Screen:
     """``tomoCorEPICS_PVs``: the prefix in use, the tomoScan link, the model and the TomoLog fields."""
     s = Screen("tomoCorEPICS_PVs", "EPICS PV names", 620)
     x, w, lw = 5, 610, 170
-    y = 40
-    s.section(x, y, w, 24 + 3 * PITCH + 6, "IOC")
-    y += 26
+    col, full = (x + 4, lw, 220), (x + 4, lw, w - lw - 10)
+    y = s.section(x, 40, w, 3, "IOC")
     s.label(x + 4, y, lw - 6, "PV prefix")
     s.add(Widget("text", x + lw, y, 200, H, text=MACRO, fg=TITLE_FG))
-    y += PITCH
-    s.field(x + 4, y, lw, 120, "ServerRunning")
-    y += PITCH
-    s.field(x + 4, y, lw, w - lw - 10, "Message", "Message")
-    y += PITCH + 12
-    s.section(x, y, w, 24 + PITCH + 6, "tomoScan link")
-    y += 26
-    s.field(x + 4, y, lw, 260, "TomoScanPrefix")
-    y += PITCH + 12
-    s.section(x, y, w, 24 + 2 * PITCH + 6, "Reconstruction")
-    y += 26
-    s.field(x + 4, y, lw, w - lw - 10, "ModelPath")
-    y += PITCH
-    s.field(x + 4, y, lw, 220, "Gpus")
-    y += PITCH + 12
+    s.field((x + 4, lw, 120), y + PITCH, "ServerRunning")
+    s.field(full, y + 2 * PITCH, "Message")
+    link = [p for p in pv_table() if p.name.startswith("TomoScan") or "Trigger" in p.name]   # the tomoScan link
+    y = s.section(x, y + 3 * PITCH + 12, w, len(link), "tomoScan link")
+    for p in link:
+        s.field((x + 4, lw, _width(p, w - lw - 10)), y, p.name)
+        y += PITCH
+    y = s.section(x, y + 12, w, 2, "Reconstruction")
+    s.field(full, y, "ModelPath")
+    s.field(col, y + PITCH, "Gpus")
     tomolog = [p for p in pv_table() if p.role is Role.SETTING and "TomoLog" in p.name]
-    s.section(x, y, w, 24 + len(tomolog) * PITCH + 6, "TomoLog")
-    y += 26
+    y = s.section(x, y + 2 * PITCH + 12, w, len(tomolog), "TomoLog")
     for p in tomolog:
-        cw = 110 if p.kind.is_enum else w - lw - 10 if p.kind is Kind.LSO else 220
-        s.field(x + 4, y, lw, cw, p.name, _phase_label(p) if p.name.startswith("Phase") else None)
+        s.field((x + 4, lw, _width(p, w - lw - 10)), y, p.name, _phase_label(p) if p.name.startswith("Phase") else None)
         y += PITCH
     s.related(5, 8, 90, "tomoCor", "Main...")
     s.related(s.width - 95, 8, 90, "tomoCorQueue", "Queue...")
@@ -385,7 +373,7 @@ class AdlWriter:
     def __init__(self) -> None:
         self.lines: List[str] = []
 
-    def block(self, name: str, body: Sequence[object], depth: int = 0) -> None:
+    def block(self, name: str, body: Sequence[Any], depth: int = 0) -> None:
         """``name { ... }`` where body items are ``key=value`` strings or ``(name, body)`` sub-blocks."""
         tab = "\t" * depth
         self.lines.append(f"{tab}{_q(name) if ' ' in name else name} {{")
@@ -427,30 +415,25 @@ class AdlWriter:
         self.block("text", [self.obj(w), ("basic attribute", [f"clr={w.fg}"]), f"textix={_q(w.text)}",
                             f"align={_q(self.ALIGN[w.align])}"])
 
+    @staticmethod
+    def chan(w: Widget, block: str) -> Tuple[str, List[str]]:
+        return (block, [f"chan={_q(MACRO + w.pv)}", f"clr={w.fg}", f"bclr={w.bg}"])
+
     def w_update(self, w: Widget) -> None:
-        body: List[object] = [self.obj(w), ("monitor", [f"chan={_q(MACRO + w.pv)}", f"clr={w.fg}", f"bclr={w.bg}"])]
-        if w.alarm:
-            body.append('clrmod="alarm"')
-        body.append(f"align={_q(self.ALIGN[w.align])}")
-        if w.string:
-            body.append('format="string"')
-        body.append(("limits", []))
+        body = [self.obj(w), self.chan(w, "monitor")] + (['clrmod="alarm"'] if w.alarm else [])
+        body += [f"align={_q(self.ALIGN[w.align])}"] + (['format="string"'] if w.string else []) + [("limits", [])]
         self.block("text update", body)
 
     def w_entry(self, w: Widget) -> None:
-        body: List[object] = [self.obj(w), ("control", [f"chan={_q(MACRO + w.pv)}", f"clr={w.fg}", f"bclr={w.bg}"])]
-        if w.string:
-            body.append('format="string"')
-        body.append(("limits", []))
+        body = [self.obj(w), self.chan(w, "control")] + (['format="string"'] if w.string else []) + [("limits", [])]
         self.block("text entry", body)
 
     def w_menu(self, w: Widget) -> None:
-        self.block("menu", [self.obj(w), ("control", [f"chan={_q(MACRO + w.pv)}", f"clr={w.fg}", f"bclr={w.bg}"])])
+        self.block("menu", [self.obj(w), self.chan(w, "control")])
 
     def w_button(self, w: Widget) -> None:
-        self.block("message button", [self.obj(w), ("control", [f"chan={_q(MACRO + w.pv)}", f"clr={w.fg}",
-                                                                f"bclr={w.bg}"]),
-                                      f"label={_q(w.text)}", f"press_msg={_q(w.value)}"])
+        self.block("message button", [self.obj(w), self.chan(w, "control"), f"label={_q(w.text)}",
+                                      f"press_msg={_q(w.value)}"])
 
     def w_related(self, w: Widget) -> None:
         target = [f"label={_q(w.text.rstrip('.'))}", f"name={_q(w.target + '.adl')}", f"args={_q('P=' + MACRO)}"]
@@ -479,7 +462,7 @@ class BobWriter:
         self.sub(root, "height", str(s.height))
         _rgb(root, "background_color", BG)
         for i, w in enumerate(s.widgets):
-            getattr(self, "w_" + w.kind)(self.widget(root, w, i))
+            getattr(self, "w_" + w.kind)(self.widget(root, w, i), w)
         ET.indent(root, space="  ")
         return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
@@ -493,7 +476,7 @@ class BobWriter:
               "update": ("textupdate", "2.0.0"), "entry": ("textentry", "3.0.0"), "menu": ("combo", "2.0.0"),
               "button": ("action_button", "3.0.0"), "related": ("action_button", "3.0.0")}
 
-    def widget(self, root: ET.Element, w: Widget, i: int) -> Tuple[ET.Element, Widget]:
+    def widget(self, root: ET.Element, w: Widget, i: int) -> ET.Element:
         typ, version = self._TYPES[w.kind]
         e = ET.SubElement(root, "widget", type=typ, version=version)
         self.sub(e, "name", f"{typ}_{i}" + (f"_{w.pv}" if w.pv else ""))
@@ -501,19 +484,17 @@ class BobWriter:
             self.sub(e, tag, str(v))
         if w.pv and w.kind != "colour":
             self.sub(e, "pv_name", MACRO + w.pv)
-        return e, w
+        return e
 
-    def w_rect(self, ew: Tuple[ET.Element, Widget]) -> None:
-        e, w = ew
+    def w_rect(self, e: ET.Element, w: Widget) -> None:
         self.sub(e, "line_width", "1" if w.outline else "0")
         _rgb(e, "line_color", w.fg)
         _rgb(e, "background_color", w.fg)
         if w.outline:
             self.sub(e, "transparent", "true")
 
-    def w_colour(self, ew: Tuple[ET.Element, Widget]) -> None:
+    def w_colour(self, e: ET.Element, w: Widget) -> None:
         """One rectangle whose background follows a rule (display colour when no condition holds)."""
-        e, w = ew
         self.sub(e, "line_width", "0")
         _rgb(e, "background_color", BG)
         rule = ET.SubElement(ET.SubElement(e, "rules"), "rule", name="colour", prop_id="background_color",
@@ -525,8 +506,7 @@ class BobWriter:
             if pv:
                 self.sub(rule, "pv_name", MACRO + pv)
 
-    def w_text(self, ew: Tuple[ET.Element, Widget]) -> None:
-        e, w = ew
+    def w_text(self, e: ET.Element, w: Widget) -> None:
         self.sub(e, "text", w.text)
         if w.big:
             ET.SubElement(ET.SubElement(e, "font"), "font", family="Liberation Sans", style="BOLD", size="18.0")
@@ -538,8 +518,7 @@ class BobWriter:
         if w.string:
             self.sub(e, "format", "6")    # STRING: a char waveform as text
 
-    def w_update(self, ew: Tuple[ET.Element, Widget]) -> None:
-        e, w = ew
+    def w_update(self, e: ET.Element, w: Widget) -> None:
         self._format(e, w)
         _rgb(e, "foreground_color", w.fg)
         _rgb(e, "background_color", w.bg)
@@ -547,14 +526,11 @@ class BobWriter:
         self.sub(e, "vertical_alignment", "1")
         self.sub(e, "border_alarm_sensitive", "true" if w.alarm else "false")
 
-    def w_entry(self, ew: Tuple[ET.Element, Widget]) -> None:
-        e, w = ew
+    def w_entry(self, e: ET.Element, w: Widget) -> None:
         self._format(e, w)
         _rgb(e, "background_color", w.bg)
 
-    def w_menu(self, ew: Tuple[ET.Element, Widget]) -> None:
-        e, w = ew
-        _rgb(e, "background_color", w.bg)
+    w_menu = w_entry    # a combo takes its states from the PV; only the colour is set
 
     def _action(self, e: ET.Element, w: Widget, typ: str, fields: Sequence[Tuple[str, str]]) -> None:
         self.sub(e, "text", w.text)
@@ -565,12 +541,10 @@ class BobWriter:
         _rgb(e, "background_color", w.bg)
         _rgb(e, "foreground_color", w.fg)
 
-    def w_button(self, ew: Tuple[ET.Element, Widget]) -> None:
-        e, w = ew
+    def w_button(self, e: ET.Element, w: Widget) -> None:
         self._action(e, w, "write_pv", (("pv_name", MACRO + w.pv), ("value", w.value)))
 
-    def w_related(self, ew: Tuple[ET.Element, Widget]) -> None:
-        e, w = ew
+    def w_related(self, e: ET.Element, w: Widget) -> None:
         self._action(e, w, "open_display", (("file", w.target + ".bob"), ("target", "tab")))
 
 

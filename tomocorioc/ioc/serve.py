@@ -38,6 +38,10 @@ def add_serve_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--tomocupy", default="tomocupy", help="tomocupy program (with --backend tomocupy)")
     ap.add_argument("--device", help="torch device for the workers (default: the slot's GPU, else cpu)")
     ap.add_argument("--no-pva", action="store_true", help="serve Channel Access only")
+    ap.add_argument("--watch", action="append", type=Path, default=[], metavar="DIR",
+                    help="queue new scan files appearing in DIR (repeat; must be under a data root)")
+    ap.add_argument("--watch-poll", action="store_true",
+                    help="poll the --watch folders (for network file systems where file events do not arrive)")
 
 
 def configure_network(interfaces: List[str]) -> List[str]:
@@ -78,7 +82,18 @@ async def _serve(args: argparse.Namespace, interfaces: List[str]) -> int:
     service = Service(state, slots_for(gpus), runner)
     if args.gpus is not None:
         service.update_settings(gpus=args.gpus or None)
+    from ..trigger.manager import TriggerManager
     controller = Controller(service, args.data_root, slot_factory=slots_for)
+
+    def accept(path: str) -> str:
+        return str(controller.under_roots(Path(path)))   # PutError is a ValueError: reported by the trigger
+    trigger = TriggerManager(service, lambda: service.settings.trigger_phase_map(), accept,
+                             complete_timeout=service.settings.trigger_timeout)
+    controller.trigger = trigger
+    trigger.start()
+    for folder in args.watch:
+        trigger.watch_folder(folder, poll=args.watch_poll)
+    controller.relink()
     autosave_dir = (args.autosave_dir or state / "autosave").resolve()
     group = build_group(args.prefix, controller, autosave_dir / "tomoCor_settings.json")
     await group.publish_settings()
@@ -112,6 +127,7 @@ async def _serve(args: argparse.Namespace, interfaces: List[str]) -> int:
     status_task.cancel()
     server.cancel()
     await asyncio.gather(status_task, server, return_exceptions=True)
+    trigger.stop()
     if pva_pub is not None:
         pva_pub.stop()
     await loop.run_in_executor(None, service.stop)
@@ -122,7 +138,7 @@ async def _serve(args: argparse.Namespace, interfaces: List[str]) -> int:
 def run_serve(args: argparse.Namespace) -> int:
     """Entry point of ``tomocorioc serve``."""
     roots = [r for r in args.data_root]
-    missing = [str(r) for r in roots if not r.is_dir()]
+    missing = [str(r) for r in roots + list(args.watch) if not r.is_dir()]
     if missing:
         print(f"tomocorioc serve: data root is not a directory: {missing[0]}", file=sys.stderr)
         return 2

@@ -18,7 +18,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Deque, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union
 
 import h5py
 import numpy as np
@@ -314,8 +314,27 @@ def _worker_count(workers: Optional[int]) -> int:
 
 def write_scan(path: Union[str, Path], config: SimConfig, phantom: Phantom, *,
                noise_seed: Optional[int] = None, labels: Optional[Dict[str, Any]] = None,
-               workers: Optional[int] = None) -> Dict[str, Any]:
-    """Write one DXfile for an already built phantom and return its truth (no truth.json)."""
+               workers: Optional[int] = None,
+               on_stage: Optional[Callable[[str], None]] = None,
+               on_frames: Optional[Callable[[int], None]] = None,
+               should_stop: Optional[Callable[[], bool]] = None,
+               write_theta: bool = True,
+               chunk_frames: Optional[int] = None) -> Dict[str, Any]:
+    """Write one DXfile for an already built phantom and return its truth (no truth.json).
+
+    The optional hooks let a caller (the simulated tomoScan IOC) follow and steer
+    the acquisition; all run in the calling thread:
+
+    * ``on_stage(stage)`` before each stage: ``"darks"``, ``"flats"``, ``"projections"``;
+    * ``on_frames(n)`` after each chunk of projections is written and flushed,
+      ``n`` being the projections in the file so far;
+    * ``should_stop()`` before each chunk: True ends the projections there, as
+      an abort does (no theta; the truth says ``aborted``);
+    * ``write_theta=False`` leaves ``/exchange/theta`` out of a complete scan so
+      the caller can add it later with :func:`append_theta` (the truth then
+      says ``has_theta: False``);
+    * ``chunk_frames`` projections per chunk (default: sized to the detector).
+    """
     t_start = time.perf_counter()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -326,7 +345,11 @@ def write_scan(path: Union[str, Path], config: SimConfig, phantom: Phantom, *,
     theta = config.theta_deg()
     thetas_rad = np.deg2rad(theta)
     n_out = config.nproj_written
-    step = _chunk_frames(config)
+    if chunk_frames is not None and (isinstance(chunk_frames, bool) or chunk_frames < 1):
+        raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames!r}")
+    step = int(chunk_frames) if chunk_frames is not None else _chunk_frames(config)
+    stopped = False
+    n_written = n_out
     peak = 0.0
 
     def work(chunk: int) -> Tuple[np.ndarray, float]:
@@ -338,17 +361,27 @@ def write_scan(path: Union[str, Path], config: SimConfig, phantom: Phantom, *,
     with h5py.File(path, "w") as f:
         _write_metadata(f, config, theta)
         ex = f.create_group("exchange")
+        if on_stage is not None:
+            on_stage("darks")
         _frame_dataset(ex, "data_dark", config, config.ndark, False)[...] = detector.darks()
+        if on_stage is not None:
+            on_stage("flats")
         _frame_dataset(ex, "data_white", config, config.nflat, False)[...] = detector.flats()
         # Like the areaDetector HDF5 plugin: an extendible dataset that grows as
         # frames arrive, so an aborted scan simply ends up shorter.
         data = _frame_dataset(ex, "data", config, 0 if config.chunked else n_out, True)
         f.flush()
+        if on_stage is not None:
+            on_stage("projections")
         nchunks = -(-n_out // step)
         with ThreadPoolExecutor(max_workers=nworkers) as pool:
             pending: Deque[Future] = deque()
             next_chunk = 0
             for chunk in range(nchunks):
+                if should_stop is not None and should_stop():
+                    stopped = True
+                    n_written = chunk * step if config.chunked else n_out  # contiguous: zeros stay
+                    break
                 # Keep at most a few chunks in flight: bounded memory.
                 while next_chunk < nchunks and len(pending) < nworkers + 1:
                     pending.append(pool.submit(work, next_chunk))
@@ -360,7 +393,13 @@ def write_scan(path: Union[str, Path], config: SimConfig, phantom: Phantom, *,
                     data.resize(a0 + frames.shape[0], axis=0)
                 data[a0:a0 + frames.shape[0]] = frames
                 f.flush()
-        if not config.aborted:
+                if on_frames is not None:
+                    on_frames(a0 + frames.shape[0])
+            for left in pending:  # stopped early: drop the chunks projected ahead
+                left.cancel()
+        aborted = config.aborted or stopped
+        has_theta = not aborted and write_theta
+        if has_theta:
             ex.create_dataset("theta", data=theta.astype(np.float64))
         f.flush()
     elapsed = time.perf_counter() - t_start
@@ -371,7 +410,7 @@ def write_scan(path: Union[str, Path], config: SimConfig, phantom: Phantom, *,
         "ncols": config.ncols,
         "nrows": config.nrows,
         "nproj": config.nproj,
-        "nproj_written": n_out,
+        "nproj_written": n_written,
         "phantom": config.phantom,
         "seed": config.seed,
         "noise_seed": int(noise_seed),
@@ -382,17 +421,34 @@ def write_scan(path: Union[str, Path], config: SimConfig, phantom: Phantom, *,
         "nflat": config.nflat,
         "ndark": config.ndark,
         "theta_range": 180.0,
-        "has_theta": not config.aborted,
-        "aborted": bool(config.aborted),
+        "has_theta": has_theta,
+        "aborted": bool(aborted),
         "outlier": False,
         "radius": float(phantom.radius),
         "max_line_integral": round(peak, 6),
         "chunked": bool(config.chunked),
     }
     truth.update(labels or {})
-    log.info("wrote %s: %d/%d projections %dx%d, %s, cor %.3f (%.1f s)", path, n_out, config.nproj,
+    log.info("wrote %s: %d/%d projections %dx%d, %s, cor %.3f (%.1f s)", path, n_written, config.nproj,
              config.nrows, config.ncols, config.phantom, config.cor, elapsed)
     return truth
+
+
+def append_theta(path: Union[str, Path], theta: np.ndarray) -> None:
+    """Add ``/exchange/theta`` (degrees) to a scan written with ``write_theta=False``.
+
+    This is the last step of a complete scan (tomoScan writes theta after the
+    projections); the file is complete once it returns.
+    """
+    theta = np.asarray(theta, dtype=np.float64).reshape(-1)
+    with h5py.File(path, "a") as f:
+        nproj = int(f["exchange/data"].shape[0])
+        if theta.shape[0] != nproj:
+            raise ValueError(f"{path}: {theta.shape[0]} angles for {nproj} projections")
+        if "exchange/theta" in f:
+            raise ValueError(f"{path}: /exchange/theta already present")
+        f["exchange"].create_dataset("theta", data=theta)
+        f.flush()
 
 
 def simulate_scan(path: Union[str, Path], config: SimConfig, *, workers: Optional[int] = None) -> Dict[str, Any]:

@@ -1,0 +1,1 @@
+"""Automatic start: watch tomoScan (Channel Access) or folders, queue complete scans."""
