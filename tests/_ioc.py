@@ -76,7 +76,8 @@ class IOC:
         """Environment for the IOC and for command-line clients of it."""
         env = dict(os.environ)
         env.update({
-            "EPICS_CA_SERVER_PORT": str(self.ca_port), "EPICS_CA_ADDR_LIST": f"127.0.0.1:{self.ca_port}",
+            # Every pool port: an IOC that is also a CA client (the trigger) reaches the simulated tomoScan.
+            "EPICS_CA_SERVER_PORT": str(self.ca_port), "EPICS_CA_ADDR_LIST": os.environ["EPICS_CA_ADDR_LIST"],
             "EPICS_CA_AUTO_ADDR_LIST": "NO", "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1",
             "EPICS_CAS_BEACON_ADDR_LIST": "127.0.0.1", "EPICS_CAS_AUTO_BEACON_ADDR_LIST": "NO",
             "EPICS_PVA_SERVER_PORT": str(self.pva_port), "EPICS_PVAS_SERVER_PORT": str(self.pva_port),
@@ -158,3 +159,41 @@ class IOC:
         if getattr(self, "_log", None):
             self._log.close()
             self._log = None
+
+
+class SimTomoScan(IOC):
+    """One ``tomocorioc sim-tomoscan`` subprocess (same env, clients and stop as :class:`IOC`)."""
+
+    def __init__(self, tmp: Path, outdir: Path, extra: Optional[List[str]] = None,
+                 state: Optional[Path] = None, prefix: Optional[str] = None, ca_port: Optional[int] = None) -> None:
+        super().__init__(tmp, outdir, prefix=prefix or f"S{uuid.uuid4().hex[:6]}:", state=state, extra=extra,
+                         ca_port=ca_port)
+        self.use_state = state is not None
+
+    def start(self, wait: float = 30.0) -> "SimTomoScan":
+        cmd = [sys.executable, "-m", "tomocorioc.sim.tomoscan_ioc", "--prefix", self.prefix,
+               "--outdir", str(self.data_root), "--interface", "127.0.0.1"] + self.extra
+        if self.use_state:
+            cmd += ["--state", str(self.state)]
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sim-tomoscan exited with {self.proc.returncode}:\n{self.log()}")
+            if self.caget("ServerRunning", timeout=1.0) == "Running":
+                return self
+            time.sleep(0.2)
+        self.kill()
+        raise RuntimeError(f"sim-tomoscan did not come up in {wait} s:\n{self.log()}")
+
+    def put(self, name: str, value: str, string: bool = False) -> None:
+        r = self.caput(name, value, string=string)
+        assert r.returncode == 0, f"caput {name} {value}: {r.stdout}{r.stderr}\n{self.log()}"
+
+    def scan(self, timeout: float = 30.0) -> Path:
+        """StartScan = Acquire, wait for FullFileName to name a new file; returns it."""
+        before = self.caget("FullFileName")
+        self.put("StartScan", "1")
+        return Path(self.wait_for("FullFileName", lambda v: v != before, timeout=timeout))

@@ -4,7 +4,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
@@ -12,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from _ioc import CA_PORTS, IOC, appimage_tool  # noqa: I001, F401 - before pyepics: sets the CA address list
+from _ioc import SimTomoScan  # noqa: I001 - before pyepics: sets the CA address list
 
 from tomocorioc.data.dxfile import DXFile
 from tomocorioc.sim.tomoscan_ioc import ABORT_BAD_PATH, ABORT_SHUTDOWN, ABORT_USER
@@ -22,42 +21,7 @@ WALK = ["Beginning scan", "Collecting dark fields", "Collecting flat fields", "C
         "Scan complete"]
 
 
-class SimIOC(IOC):
-    """One ``python -m tomocorioc.sim.tomoscan_ioc`` subprocess (the IOC helper's env, clients and stop)."""
-
-    def __init__(self, tmp: Path, outdir: Path, extra: Optional[List[str]] = None,
-                 state: Optional[Path] = None) -> None:
-        super().__init__(tmp, outdir, prefix=f"S{uuid.uuid4().hex[:6]}:", state=state, extra=extra)
-        self.use_state = state is not None
-        assert self.ca_port in CA_PORTS
-
-    def start(self, wait: float = 30.0) -> "SimIOC":
-        cmd = [sys.executable, "-m", "tomocorioc.sim.tomoscan_ioc", "--prefix", self.prefix,
-               "--outdir", str(self.data_root), "--interface", "127.0.0.1"] + self.extra
-        if self.use_state:
-            cmd += ["--state", str(self.state)]
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"sim-tomoscan exited with {self.proc.returncode}:\n{self.log()}")
-            if self.caget("ServerRunning", timeout=1.0) == "Running":
-                return self
-            time.sleep(0.2)
-        self.kill()
-        raise RuntimeError(f"sim-tomoscan did not come up in {wait} s:\n{self.log()}")
-
-    def put(self, name: str, value: str, string: bool = False) -> None:
-        r = self.caput(name, value, string=string)
-        assert r.returncode == 0, f"caput {name} {value}: {r.stdout}{r.stderr}\n{self.log()}"
-
-    def scan(self, timeout: float = 30.0) -> Path:
-        """StartScan = Acquire, wait for FullFileName to name a new file; returns it."""
-        before = self.caget("FullFileName")
-        self.put("StartScan", "1")
-        return Path(self.wait_for("FullFileName", lambda v: v != before, timeout=timeout))
+SimIOC = SimTomoScan
 
 
 class Recorder:
@@ -125,7 +89,8 @@ def complete(path: Path) -> bool:
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("simts")
-    ioc = SimIOC(tmp, tmp / "out", extra=SMALL + ["--offset-jitter", "0.5", "--outlier-index", "1", "--outlier-jump", "8"])
+    extra = SMALL + ["--offset-jitter", "0.5", "--outlier-index", "1", "--outlier-jump", "8"]
+    ioc = SimIOC(tmp, tmp / "out", extra=extra)
     try:
         yield ioc.start()
     finally:
@@ -147,12 +112,12 @@ def test_full_scan_walks_the_statuses_and_fullfilename_follows_the_busy_drop(sim
     assert values(got, "ScanStatus") == WALK, got
     assert values(got, "StartScan") == [1, 0], got
     collected = values(got, "ImagesCollected")
-    assert collected and collected[0] <= 10 and collected[-1] == 61 and collected == sorted(collected) and len(collected) > 3
+    assert len(collected) > 3 and collected[0] <= 10 and collected[-1] == 61 and collected == sorted(collected)
     t_drop = next(t for n, v, t in got if n == "StartScan" and v == 0)
     i_drop = next(i for i, e in enumerate(got) if e[0] == "StartScan" and e[1] == 0)
     i_name, (_, name, t_name) = next((i, e) for i, e in enumerate(got) if e[0] == "FullFileName")
     assert i_name > i_drop and t_name - t_drop >= 0.05, got        # FullFileName only after the busy drop
-    assert i_drop > max(i for i, e in enumerate(got) if e[0] == "ScanStatus")   # 'Scan complete' before Done
+    assert i_drop > max(i for i, e in enumerate(got) if e[0] == "ScanStatus")  # 'Scan complete', then Done
     path = Path(name)
     assert path.parent == sim.data_root.resolve() and path.name == "sample_0001.h5"
     assert sim.caget("FullFileName") == str(path)
@@ -274,7 +239,7 @@ def test_auto_scans_shutdown_and_restart_restore_fullfilename(tmp_path):
         assert again.caget("FilePath") == str(out.resolve()) and again.caget("StartScan") == "Done"
         rec = Recorder(again, ["FullFileName"])
         try:
-            assert values(rec.snapshot(), "FullFileName") == [str(third)]   # a new monitor sees the old name only
+            assert values(rec.snapshot(), "FullFileName") == [str(third)]  # a new monitor: the old name only
         finally:
             rec.close()
         path = again.scan()
@@ -282,3 +247,10 @@ def test_auto_scans_shutdown_and_restart_restore_fullfilename(tmp_path):
         assert again.terminate() == 0, again.log()
     finally:
         again.kill()
+
+
+def test_bad_options_exit_2(tmp_path):
+    for bad in (["--count", "2"], ["--width", "64", "--offset", "40"], ["--abort-every", "0"]):
+        r = subprocess.run([sys.executable, "-m", "tomocorioc.sim.tomoscan_ioc", "--outdir", str(tmp_path)] + bad,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and "error" in r.stderr, (bad, r.stderr)

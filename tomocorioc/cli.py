@@ -264,6 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--check", action="store_true", help="only compare; exit 1 when the files differ")
     gen.set_defaults(func=_cmd_gen_db)
 
+    sts = sub.add_parser("sim-tomoscan", help="simulated tomoScan IOC (caproto) that writes real DXfile scans")
+    from .sim.tomoscan_ioc import add_sim_tomoscan_arguments
+    add_sim_tomoscan_arguments(sts)
+    sts.set_defaults(func=_cmd_sim_tomoscan)
+
     scr = sub.add_parser("gen-screens", help="write adl/ MEDM (.adl) and Phoebus (.bob) screens from the PV table")
     scr.add_argument("--out-dir", type=Path, default=Path("adl"), help="output directory (default ./adl)")
     scr.add_argument("--check", action="store_true", help="only compare; exit 1 when the files differ")
@@ -306,6 +311,11 @@ def _cmd_gen_db(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sim_tomoscan(args: argparse.Namespace) -> int:
+    from .sim.tomoscan_ioc import run_sim_tomoscan
+    return run_sim_tomoscan(args)
+
+
 def _cmd_gen_screens(args: argparse.Namespace) -> int:
     from .ioc import screens
     return screens.main(["--out-dir", str(args.out_dir)] + (["--check"] if args.check else []))
@@ -321,7 +331,7 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
     ap = build_parser()
     args = ap.parse_args(list(argv) if argv is not None else None)
     # simulate reports each file it writes; the other commands stay quiet unless asked.
-    base = logging.INFO if args.command in ("simulate", "serve") else logging.WARNING
+    base = logging.INFO if args.command in ("simulate", "serve", "sim-tomoscan") else logging.WARNING
     level = max(logging.DEBUG, base - 10 * min(args.verbose, 2))
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     return int(args.func(args))

@@ -26,7 +26,8 @@ from .pvdefs import LONG_STRING, Kind, PVDef, Role, pv_table
 
 log = logging.getLogger(__name__)
 
-STATUS_PERIOD = 0.2      # s between status snapshots
+STATUS_PERIOD = 0.5      # s between full status snapshots (elapsed times, trigger status)
+CHANGE_POLL = 0.02       # s between looks at the queue's change counter
 WATCHDOG_START = 4       # counts 4..0 once a second: Stopped 4-5 s after the last heartbeat
 AUTOSAVE_DEBOUNCE = 0.3  # s: one save for a burst of setting puts
 
@@ -206,19 +207,24 @@ class _Base(PVGroup):
         snapshot: a dispatcher stuck holding the queue lock also blocks the
         snapshot, and ServerRunning must still fall to Stopped.
         """
-        next_tick = time.monotonic()
+        next_tick = next_full = time.monotonic()
         pending: Optional[asyncio.Future] = None
+        seen = None
         while True:
             now = time.monotonic()
             if now >= next_tick:
                 next_tick = now + 1.0
                 value = self._watchdog.tick(self.controller.service.dispatcher.heartbeat)
                 await self._publish({"Watchdog": value, "ServerRunning": int(value > 0)})
-            if pending is None or pending.done():
+            svc = self.controller.service
+            # Any queue change is published within CHANGE_POLL; elapsed times and the rest every STATUS_PERIOD.
+            mark = (svc.queue.uid, id(svc.last_started), len(svc.messages), svc.messages[-1:] and svc.messages[-1])
+            if (mark != seen or now >= next_full) and (pending is None or pending.done()):
                 if pending is not None and pending.exception() is not None:
                     log.error("status update failed: %s", pending.exception())
+                seen, next_full = mark, now + STATUS_PERIOD
                 pending = asyncio.ensure_future(self._update(pva))
-            await asyncio.sleep(STATUS_PERIOD)
+            await asyncio.sleep(CHANGE_POLL)
 
     async def _update(self, pva: Optional[Any]) -> None:
         await self.refresh()

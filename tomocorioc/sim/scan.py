@@ -441,7 +441,9 @@ def append_theta(path: Union[str, Path], theta: np.ndarray) -> None:
     projections); the file is complete once it returns.
     """
     theta = np.asarray(theta, dtype=np.float64).reshape(-1)
-    with h5py.File(path, "a") as f:
+    # No HDF5 file lock, as beamlines run (HDF5_USE_FILE_LOCKING=FALSE): a reader
+    # polling the file must not make the scan's last step fail.
+    with h5py.File(path, "a", locking=False) as f:
         nproj = int(f["exchange/data"].shape[0])
         if theta.shape[0] != nproj:
             raise ValueError(f"{path}: {theta.shape[0]} angles for {nproj} projections")

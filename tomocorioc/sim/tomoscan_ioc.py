@@ -1,23 +1,17 @@
 """``tomocorioc sim-tomoscan``: a simulated tomoScan IOC that writes real DXfile scans.
 
-A small caproto IOC with tomoScan's record names and types (``StartScan`` busy
-Done/Acquire, ``AbortScan``, ``ScanStatus``, ``FilePath``, ``FileName``,
-``FullFileName``, ``ServerRunning``, ``Watchdog``, ``ImagesCollected`` ...).
-``StartScan`` = Acquire (or ``--auto N``) writes ``<FilePath>/<FileName>_NNNN.h5``
-with the simulator, walking ``ScanStatus`` like tomoScan: 'Beginning scan',
-'Collecting dark fields', 'Collecting flat fields', 'Collecting projections',
-'Scan complete'; then ``StartScan`` drops to Done and only after that
-(:data:`FULLNAME_DELAY`) ``FullFileName`` names the new file, as tomoScan
-copies it from the file plugin after the busy record is done.
-
-The HDF5 writing runs in a worker thread; its progress comes back to the
-event loop through an :class:`asyncio.Queue` fed with
-``call_soon_threadsafe``, so PV updates stay in order and the loop keeps
-serving.  ``SimNextAbort``, ``SimCompleteDelay`` and ``SimFrameDelay`` let a
-test choose per scan: an aborted scan (fewer projections, no theta) or a
-complete scan whose theta appears only S seconds after the busy drop.
-With ``--state DIR`` FilePath/FileName/FullFileName and the file counter are
-saved on change and restored at start, as tomoScan's autosave does.
+A caproto IOC with tomoScan's record names and types.  ``StartScan`` = Acquire
+(or ``--auto N``) writes ``<FilePath>/<FileName>_NNNN.h5`` with the simulator,
+walking ``ScanStatus`` as tomoScan does ('Beginning scan', 'Collecting dark
+fields', 'Collecting flat fields', 'Collecting projections', 'Scan complete');
+then ``StartScan`` drops to Done and only after that (:data:`FULLNAME_DELAY`)
+``FullFileName`` names the file, as tomoScan copies it from the file plugin.
+The HDF5 writing runs in a worker thread whose progress reaches the event loop
+through an :class:`asyncio.Queue` fed with ``call_soon_threadsafe`` (ordered
+PV updates, the loop keeps serving).  ``SimNextAbort``, ``SimCompleteDelay``
+and ``SimFrameDelay`` choose per scan: aborted (fewer projections, no theta),
+or complete with theta written S seconds after the busy drop.  ``--state DIR``
+saves FilePath/FileName/FullFileName and the counter like tomoScan's autosave.
 """
 from __future__ import annotations
 
@@ -31,6 +25,7 @@ import os
 import signal
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Set, Tuple
@@ -81,8 +76,6 @@ class SimOptions:
     outdir: Path
     file_name: str = "sample"
     state_dir: Optional[Path] = None
-    auto: Optional[float] = None
-    count: Optional[int] = None
     abort_every: Optional[int] = None
     abort_status: str = ABORT_USER
     complete_delay: float = 0.0
@@ -139,7 +132,8 @@ class SimTomoScan(PVGroup):
         self.background: Set[asyncio.Task] = set()
         self._abort = threading.Event()      # read by the writer thread
         self._abort_reason = options.abort_status
-        self._writer = None                  # set in start(): the executor is loop-independent
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sim-scan")
+        self.state_path = options.state_dir / STATE_FILE if options.state_dir is not None else None
 
     # -- helpers -----------------------------------------------------------------------
     async def _set(self, prop: Any, value: Any) -> None:
@@ -158,11 +152,6 @@ class SimTomoScan(PVGroup):
         self.background.add(task)
         task.add_done_callback(self.background.discard)
         return task
-
-    @property
-    def state_path(self) -> Optional[Path]:
-        d = self.options.state_dir
-        return d / STATE_FILE if d is not None else None
 
     def save_state(self, **override: str) -> None:
         """Write FilePath/FileName/FullFileName (``override``: values being put) and the counter."""
@@ -183,14 +172,11 @@ class SimTomoScan(PVGroup):
 
     async def restore(self) -> None:
         """Initial values: the options, then the saved state (like autosave) when there is one."""
-        o = self.options
-        await self._set(self.FilePath, str(o.outdir))
-        await self._set(self.FileName, o.file_name)
-        await self._set(self.NumAngles, self.base.nproj)
-        await self._set(self.NumDarkFields, self.base.ndark)
-        await self._set(self.NumFlatFields, self.base.nflat)
-        await self._set(self.SimCompleteDelay, o.complete_delay)
-        await self._set(self.SimFrameDelay, o.frame_delay)
+        o, b = self.options, self.base
+        for prop, value in ((self.FilePath, str(o.outdir)), (self.FileName, o.file_name), (self.NumAngles, b.nproj),
+                            (self.NumDarkFields, b.ndark), (self.NumFlatFields, b.nflat),
+                            (self.SimCompleteDelay, o.complete_delay), (self.SimFrameDelay, o.frame_delay)):
+            await self._set(prop, value)
         path = self.state_path
         if path is None or not path.exists():
             return
@@ -257,23 +243,23 @@ class SimTomoScan(PVGroup):
 
     @NumAngles.putter  # type: ignore[no-redef]
     async def NumAngles(self, instance: Any, value: int) -> int:
-        return _check_int("NumAngles", value, 2)
+        return _check_int(instance, value, 2)
 
     @NumDarkFields.putter  # type: ignore[no-redef]
     async def NumDarkFields(self, instance: Any, value: int) -> int:
-        return _check_int("NumDarkFields", value, 1)
+        return _check_int(instance, value, 1)
 
     @NumFlatFields.putter  # type: ignore[no-redef]
     async def NumFlatFields(self, instance: Any, value: int) -> int:
-        return _check_int("NumFlatFields", value, 1)
+        return _check_int(instance, value, 1)
 
     @SimCompleteDelay.putter  # type: ignore[no-redef]
     async def SimCompleteDelay(self, instance: Any, value: float) -> float:
-        return _check_delay("SimCompleteDelay", value)
+        return _check_delay(instance, value)
 
     @SimFrameDelay.putter  # type: ignore[no-redef]
     async def SimFrameDelay(self, instance: Any, value: float) -> float:
-        return _check_delay("SimFrameDelay", value)
+        return _check_delay(instance, value)
 
     # -- scans -------------------------------------------------------------------------
     def start_scan(self) -> None:
@@ -379,7 +365,7 @@ class SimTomoScan(PVGroup):
             finally:
                 post("end", None)
 
-        future = loop.run_in_executor(self._writer, work)
+        future = loop.run_in_executor(self.writer, work)
         while True:
             kind, value = await events.get()
             if kind == "end":
@@ -433,13 +419,13 @@ class SimTomoScan(PVGroup):
         next_at, started = loop.time() + interval, 0
         while count is None or started < count:
             await asyncio.sleep(max(0.0, next_at - loop.time()))
-            await self.idle.wait()
+            while self.state is not ScanState.IDLE:   # a put may start one between idle and here
+                await self.idle.wait()
             if self.stopping.is_set():
                 return
             self.start_scan()
             started += 1
             next_at += interval
-            await asyncio.sleep(0)
         log.info("auto: %d scans started; no more scheduled", started)
 
     async def shutdown(self) -> None:
@@ -456,16 +442,18 @@ class SimTomoScan(PVGroup):
         await asyncio.sleep(0.2)   # let the last monitors go out
 
 
-def _check_int(name: str, value: Any, low: int) -> int:
+def _check_int(instance: Any, value: Any, low: int) -> int:
+    """A put of a count: at least ``low`` (a rejected put fails the client's caput -c)."""
     if int(value) < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
+        raise ValueError(f"{instance.pvname} must be >= {low}, got {value}")
     return int(value)
 
 
-def _check_delay(name: str, value: Any) -> float:
+def _check_delay(instance: Any, value: Any) -> float:
+    """A put of a delay in seconds: finite, in [0, 3600]."""
     value = float(value)
     if not (math.isfinite(value) and 0.0 <= value <= 3600.0):
-        raise ValueError(f"{name} must be in [0, 3600] s, got {value}")
+        raise ValueError(f"{instance.pvname} must be in [0, 3600] s, got {value}")
     return value
 
 
@@ -501,7 +489,7 @@ def add_sim_tomoscan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flats", type=int, default=d.nflat, help=f"flat fields (default {d.nflat})")
     parser.add_argument("--darks", type=int, default=d.ndark, help=f"dark fields (default {d.ndark})")
     parser.add_argument("--offset", type=float, default=0.0, help="COR offset from the detector centre, px")
-    parser.add_argument("--offset-jitter", type=float, default=0.3, help="uniform COR jitter per scan, +-px")
+    parser.add_argument("--offset-jitter", type=float, default=0.3, help="uniform COR jitter per scan, +-px (default 0.3)")
     parser.add_argument("--outlier-index", type=int, metavar="I",
                         help="0-based scan index with a COR jump (I=2: FileName_0003.h5)")
     parser.add_argument("--outlier-jump", type=float, default=30.0, metavar="PX", help="outlier jump (default 30)")
@@ -512,16 +500,13 @@ def add_sim_tomoscan_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _build(args: argparse.Namespace) -> Tuple[SimOptions, SimConfig, Phantom]:
     """Validated options, base config and the series' phantom; ValueError when something is off."""
-    for name in ("auto", "complete_delay", "frame_delay", "offset_jitter", "outlier_jump"):
+    for name, low in (("auto", 0.05), ("complete_delay", 0.0), ("frame_delay", 0.0), ("offset_jitter", 0.0),
+                      ("count", 1), ("abort_every", 1), ("outlier_index", 0), ("outlier_jump", -math.inf)):
         value = getattr(args, name)
-        if value is not None and not (math.isfinite(value) and value >= (0.0 if name != "auto" else 0.05)):
-            raise ValueError(f"--{name.replace('_', '-')} must be finite and >= 0, got {value}")
-    for name in ("count", "abort_every"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if args.outlier_index is not None and args.outlier_index < 0:
-        raise ValueError(f"--outlier-index must be >= 0, got {args.outlier_index}")
+        if value is not None and not (math.isfinite(value) and value >= low):
+            raise ValueError(f"--{name.replace('_', '-')} must be finite and >= {low}, got {value}")
+    if args.count is not None and args.auto is None:
+        raise ValueError("--count needs --auto")
     if not args.file_name or "/" in args.file_name:
         raise ValueError(f"--file-name must be a plain file-name prefix, got {args.file_name!r}")
     base = SimConfig(ncols=args.width, nrows=args.rows, nproj=args.nproj, nflat=args.flats, ndark=args.darks,
@@ -533,7 +518,7 @@ def _build(args: argparse.Namespace) -> Tuple[SimOptions, SimConfig, Phantom]:
     radius = min(replace(base, offset=o).fov_radius for o in offsets)   # each validated
     base = replace(base, radius=radius)
     options = SimOptions(outdir=args.outdir.resolve(), file_name=args.file_name,
-                         state_dir=args.state.resolve() if args.state else None, auto=args.auto, count=args.count,
+                         state_dir=args.state.resolve() if args.state else None,
                          abort_every=args.abort_every, abort_status=args.abort_status,
                          complete_delay=args.complete_delay, frame_delay=args.frame_delay,
                          offset_jitter=args.offset_jitter, outlier_index=args.outlier_index,
@@ -543,12 +528,10 @@ def _build(args: argparse.Namespace) -> Tuple[SimOptions, SimConfig, Phantom]:
 
 async def _serve(args: argparse.Namespace, options: SimOptions, base: SimConfig, phantom: Phantom,
                  interfaces: List[str]) -> int:
-    from concurrent.futures import ThreadPoolExecutor
-
+    """Serve until SIGTERM/SIGINT, then shut the simulated tomoScan down cleanly."""
     from ..ioc.ca_server import RobustContext
 
     ioc = SimTomoScan(prefix=args.prefix, options=options, base=base, phantom=phantom)
-    ioc._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sim-scan")
     await ioc.restore()
     ctx = RobustContext(ioc.pvdb, interfaces)
     loop = asyncio.get_running_loop()
@@ -557,8 +540,8 @@ async def _serve(args: argparse.Namespace, options: SimOptions, base: SimConfig,
         loop.add_signal_handler(sig, stop.set)
     server = asyncio.ensure_future(ctx.run(log_pv_names=False))
     tasks = [asyncio.ensure_future(ioc.watchdog_loop())]
-    if options.auto is not None:
-        tasks.append(asyncio.ensure_future(ioc.auto_loop(options.auto, options.count)))
+    if args.auto is not None:
+        tasks.append(asyncio.ensure_future(ioc.auto_loop(args.auto, args.count)))
     log.warning("sim-tomoscan %s serving on %s, writing to %s", args.prefix, ", ".join(interfaces),
                 ioc.FilePath.value)
     stopper = asyncio.ensure_future(stop.wait())
@@ -572,7 +555,7 @@ async def _serve(args: argparse.Namespace, options: SimOptions, base: SimConfig,
     for task in tasks + [server, stopper]:
         task.cancel()
     await asyncio.gather(*tasks, server, stopper, return_exceptions=True)
-    ioc._writer.shutdown(wait=True)
+    ioc.writer.shutdown(wait=True)
     return code
 
 
@@ -605,7 +588,7 @@ __all__ = ["ScanState", "SimTomoScan", "add_sim_tomoscan_arguments", "run_sim_to
 
 
 if __name__ == "__main__":
-    _parser = argparse.ArgumentParser(prog="python -m tomocorioc.sim.tomoscan_ioc", description=__doc__.splitlines()[0])
+    _parser = argparse.ArgumentParser(prog="tomocorioc.sim.tomoscan_ioc", description=__doc__.splitlines()[0])
     _parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v for debug)")
     add_sim_tomoscan_arguments(_parser)
     _args = _parser.parse_args()

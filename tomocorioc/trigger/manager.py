@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-from ..core.scanwatch import Action, ActionKind, ScanEndDetector, Stability
+from ..core.scanwatch import Action, ActionKind, LinkState, ScanEndDetector, Stability
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,8 @@ class TriggerManager:
         self.detector = ScanEndDetector(name_wait=name_wait)
         self.stats = TriggerStats()
         self.status = "off"
+        self._last_text = ""
+        self._ever_connected = False
         self._events: "queue.SimpleQueue[tuple]" = queue.SimpleQueue()
         self._pending: Dict[str, _Pending] = {}
         self._link: Any = None
@@ -136,11 +138,10 @@ class TriggerManager:
         kind = event[0]
         if kind == "pv":
             _, pv, value, connected = event[:4]
+            if pv == "StartScan" and connected:
+                self._ever_connected = True
             self._act(self.detector.update(pv, value, connected, time.monotonic()))
-            if pv == "StartScan" and not connected:
-                self._set_status(f"tomoScan {self._link.prefix if self._link else ''}: disconnected")
-            elif pv == "StartScan" and connected and self.status.endswith("disconnected"):
-                self._set_status(f"tomoScan {self._link.prefix}: connected, waiting for a scan")
+            self._refresh_status()
         elif kind == "file":
             self._want(str(event[1]), "folder")
         elif kind == "link":
@@ -154,10 +155,13 @@ class TriggerManager:
         if not prefix:
             self._set_status("off")
             return
+
         from .tomoscan import TomoScanLink
         self._link = TomoScanLink(prefix, self.post)
+        self._ever_connected = False
         self._link.connect()
-        self._set_status(f"tomoScan {prefix}: connecting")
+        self._last_text = ""
+        self._refresh_status()
 
     def _close_link(self) -> None:
         if self._link is not None:
@@ -222,8 +226,20 @@ class TriggerManager:
             log.info("trigger: queued %s (%s, %.2f s after it was seen)", p.path, p.source, now - p.seen)
 
     def _set_status(self, text: str) -> None:
-        self.status = " ".join(text.split())[:300]
-        log.info("trigger: %s", self.status)
+        """Record the latest trigger event; TriggerStatus shows it after the link state."""
+        self._last_text = " ".join(text.split())
+        log.info("trigger: %s", self._last_text)
+        self._refresh_status()
+
+    def _refresh_status(self) -> None:
+        if self._link is None:
+            self.status = self._last_text[:300] or "off"
+            return
+        words = {LinkState.DISCONNECTED: "disconnected" if self._ever_connected else "connecting",
+                 LinkState.IDLE: "connected, waiting for a scan", LinkState.SCANNING: "connected, scan running",
+                 LinkState.AWAITING_NAME: "scan ended, waiting for FullFileName"}
+        text = f"tomoScan {self._link.prefix}: {words[self.detector.state]}"
+        self.status = (text + (f"; {self._last_text}" if self._last_text else ""))[:300]
 
 
 __all__ = ["TriggerManager", "check_complete", "TriggerStats"]

@@ -1,0 +1,202 @@
+"""Automatic start end to end: the IOC queues scans that tomoScan finishes, or that appear in a watched folder."""
+import shutil
+import time
+
+import h5py
+import pytest
+
+from _ioc import IOC, SimTomoScan  # noqa: I001 - before pyepics
+
+from tomocorioc.sim import SimConfig, simulate_scan
+
+SMALL = dict(ncols=64, nrows=4, nproj=61, noise=20000, phantom="beads")
+
+
+def slow_copy(src, dst, chunk=64 * 1024, pause=0.05):
+    """Copy like scp/fdt would: the file grows over a while."""
+    with open(src, "rb") as fi, open(dst, "wb") as fo:
+        while True:
+            block = fi.read(chunk)
+            if not block:
+                break
+            fo.write(block)
+            fo.flush()
+            time.sleep(pause)
+
+
+@pytest.fixture(scope="module")
+def watched(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("watch")
+    data, inbox, src = tmp / "data", tmp / "data" / "inbox", tmp / "src"
+    inbox.mkdir(parents=True)
+    src.mkdir()
+    ioc = IOC(tmp, data, extra=["--watch", str(inbox)]).start()
+    try:
+        assert ioc.caput("CenterSearchWidth", "4").returncode == 0
+        assert ioc.caput("TriggerTimeout", "6").returncode == 0
+        assert ioc.caput("TriggerPhases", "try,infer").returncode == 0
+        yield ioc, inbox, src
+    finally:
+        ioc.kill()
+
+
+def test_folder_watcher_queues_a_file_copied_in_slowly(watched):
+    ioc, inbox, src = watched
+    truth = simulate_scan(src / "w_0001.h5", SimConfig(offset=1.7, seed=5, **SMALL))
+    slow_copy(src / "w_0001.h5", inbox / "w_0001.h5")
+    ioc.wait_for("QueueLength", lambda v: int(v) == 1, timeout=30)
+    ioc.wait_for("NumDone", lambda v: int(v) == 1, timeout=120)
+    assert ioc.caput("SelectFile", str(inbox / "w_0001.h5"), string=True).returncode == 0
+    ioc.wait_for("Selected:Status", lambda v: v == "done", timeout=5)
+    assert abs(float(ioc.caget("Selected:Cor")) - truth["cor"]) < 0.5
+    assert "queued w_0001.h5" in ioc.caget("TriggerStatus")
+
+
+def test_folder_watcher_applies_trigger_phases(watched):
+    ioc, inbox, _ = watched
+    from p4p.client.thread import Context
+    conf = {"EPICS_PVA_ADDR_LIST": "127.0.0.1", "EPICS_PVA_AUTO_ADDR_LIST": "NO",
+            "EPICS_PVA_BROADCAST_PORT": str(ioc.pva_bcast), "EPICS_PVA_SERVER_PORT": str(ioc.pva_port)}
+    ctx = Context("pva", conf=conf, useenv=False)
+    try:
+        table = ctx.get(ioc.pv("Queue"), timeout=10).value
+    finally:
+        ctx.close()
+    # try,infer only: no full phase was requested, so nothing is left and the row is done
+    assert list(table["status"]) == ["done"]
+    assert not (inbox.parent / "inbox_rec" / "w_0001_rec").exists()
+
+
+def test_a_file_that_never_completes_is_queued_as_failed(watched):
+    ioc, inbox, src = watched
+    simulate_scan(src / "w_0002.h5", SimConfig(seed=6, **SMALL))
+    with h5py.File(src / "w_0002.h5", "a") as f:   # theta never arrives
+        del f["exchange/theta"]
+    shutil.copy(src / "w_0002.h5", inbox / "w_0002.h5")
+    ioc.wait_for("NumFailed", lambda v: int(v) == 1, timeout=30)
+    assert ioc.caput("SelectFile", str(inbox / "w_0002.h5"), string=True).returncode == 0
+    err = ioc.wait_for("Selected:Error", lambda v: "never became complete" in v, timeout=5)
+    assert "theta" in err
+
+
+def test_a_file_completed_late_is_still_processed(watched):
+    ioc, inbox, src = watched
+    simulate_scan(src / "w_0003.h5", SimConfig(seed=7, **SMALL))
+    with h5py.File(src / "w_0003.h5", "r") as f:
+        theta = f["exchange/theta"][...]
+    shutil.copy(src / "w_0003.h5", inbox / "w_0003.h5")
+    with h5py.File(inbox / "w_0003.h5", "a") as f:
+        del f["exchange/theta"]
+    time.sleep(2.0)                                   # the trigger is waiting (timeout 6 s)
+    assert int(ioc.caget("QueueLength")) == 2
+    assert "waiting for w_0003.h5" in ioc.caget("TriggerStatus")
+    with h5py.File(inbox / "w_0003.h5", "a") as f:   # tomoScan appends theta last
+        f["exchange/theta"] = theta
+    ioc.wait_for("QueueLength", lambda v: int(v) == 3, timeout=15)
+    ioc.wait_for("NumDone", lambda v: int(v) == 2, timeout=120)
+
+
+# -- tomoScan ------------------------------------------------------------------------------------
+SIM = ["--width", "96", "--rows", "4", "--nproj", "91", "--flats", "4", "--darks", "4", "--frame-delay", "0.005",
+       "--offset", "2.5", "--noise", "20000"]
+
+
+@pytest.fixture(scope="module")
+def linked(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tomoscan")
+    data = tmp / "data"
+    data.mkdir()
+    scanner = SimTomoScan(tmp, data, extra=SIM, state=tmp / "scanner-state").start()
+    ioc = IOC(tmp, data)
+    try:
+        ioc.start()
+        for name, value in (("CenterSearchWidth", "6"), ("TriggerTimeout", "30"), ("TriggerPhases", "try,infer"),
+                            ("TomoScanPrefix", scanner.prefix), ("AutoTrigger", "On")):
+            assert ioc.caput(name, value).returncode == 0, name
+        ioc.wait_for("TriggerStatus", lambda v: "waiting for a scan" in v, timeout=20)
+        yield ioc, scanner, data
+    finally:
+        ioc.kill()
+        scanner.kill()
+
+
+def truth_of(data, path):
+    import json
+    return json.loads((data / "truth.json").read_text())[path.name]["cor"]
+
+
+def test_scan_end_queues_the_file_and_its_cor_appears(linked):
+    ioc, scanner, data = linked
+    path = scanner.scan()
+    ioc.wait_for("QueueLength", lambda v: int(v) == 1, timeout=30)
+    ioc.wait_for("NumDone", lambda v: int(v) == 1, timeout=120)
+    assert ioc.caget("LastFile") == str(path)
+    assert abs(float(ioc.caget("LastCor")) - truth_of(data, path)) < 0.5
+    from p4p.client.thread import Context
+    conf = {"EPICS_PVA_ADDR_LIST": "127.0.0.1", "EPICS_PVA_AUTO_ADDR_LIST": "NO",
+            "EPICS_PVA_BROADCAST_PORT": str(ioc.pva_bcast), "EPICS_PVA_SERVER_PORT": str(ioc.pva_port)}
+    ctx = Context("pva", conf=conf, useenv=False)
+    try:
+        table = ctx.get(ioc.pv("Queue"), timeout=10).value
+    finally:
+        ctx.close()
+    assert list(table["file"]) == [str(path)] and list(table["status"]) == ["done"]
+    assert abs(table["cor"][0] - truth_of(data, path)) < 0.5
+    # TriggerPhases try,infer: no full reconstruction was made
+    assert not (data.parent / "data_rec" / f"{path.stem}_rec").exists()
+    assert (data.parent / "data_rec" / "try_center" / path.stem / "center_of_rotation.txt").exists()
+
+
+def test_aborted_scan_is_not_queued(linked):
+    ioc, scanner, data = linked
+    n = int(ioc.caget("QueueLength"))
+    scanner.put("SimNextAbort", "1")
+    path = scanner.scan()
+    ioc.wait_for("TriggerStatus", lambda v: "skipped" in v and "Abort" in v, timeout=15)
+    time.sleep(1.0)
+    assert int(ioc.caget("QueueLength")) == n
+    assert path.exists()
+
+
+def test_late_completion_is_waited_for(linked):
+    ioc, scanner, data = linked
+    n = int(ioc.caget("QueueLength"))
+    scanner.put("SimCompleteDelay", "3")
+    try:
+        path = scanner.scan()
+        ioc.wait_for("TriggerStatus", lambda v: f"waiting for {path.name}" in v, timeout=10)
+        assert int(ioc.caget("QueueLength")) == n
+        ioc.wait_for("QueueLength", lambda v: int(v) == n + 1, timeout=30)
+        ioc.wait_for("NumDone", lambda v: int(v) == n + 1, timeout=120)
+    finally:
+        scanner.put("SimCompleteDelay", "0")
+
+
+def test_restarted_tomoscan_restoring_fullfilename_queues_nothing(linked):
+    ioc, scanner, data = linked
+    n = int(ioc.caget("QueueLength"))
+    last = scanner.caget("FullFileName")
+    scanner.terminate()
+    ioc.wait_for("TriggerStatus", lambda v: "disconnected" in v, timeout=30)
+    again = SimTomoScan(scanner.tmp, data, extra=SIM, state=scanner.state, prefix=scanner.prefix,
+                        ca_port=scanner.ca_port).start()
+    try:
+        assert again.caget("FullFileName") == last          # autosave restored it
+        ioc.wait_for("TriggerStatus", lambda v: "waiting for a scan" in v, timeout=30)
+        time.sleep(1.5)
+        assert int(ioc.caget("QueueLength")) == n            # nothing queued on reconnect
+        path = again.scan()                                  # and the link works again, once per scan
+        ioc.wait_for("QueueLength", lambda v: int(v) == n + 1, timeout=30)
+        ioc.wait_for("NumDone", lambda v: int(v) == n + 1, timeout=120)
+        assert ioc.caget("LastFile") == str(path)
+    finally:
+        again.kill()
+
+
+def test_autotrigger_needs_a_prefix_and_can_be_switched_off(linked):
+    ioc, _, _ = linked
+    assert ioc.caput("TomoScanPrefix", "").returncode != 0     # not while AutoTrigger is On
+    assert ioc.caput("AutoTrigger", "Off").returncode == 0
+    ioc.wait_for("TriggerStatus", lambda v: v == "off", timeout=10)
+    assert ioc.caput("TriggerPhases", "try,bogus").returncode != 0
+    ioc.wait_for("Message", lambda m: "TriggerPhases" in m, timeout=5)
