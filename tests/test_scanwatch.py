@@ -57,9 +57,14 @@ def test_aborted_scans_are_skipped():
     d.update("StartScan", 1, True, 1.0)
     d.update("ScanStatus", "Abort: Bad File Path", True, 2.0)
     d.update("ScanStatus", "Scan complete", True, 2.5)      # a later status does not hide the abort
-    acts = d.update("StartScan", 0, True, 3.0)
-    assert [a.kind for a in acts] == [ActionKind.SKIP] and "Abort" in acts[0].text
-    assert d.update("FullFileName", "/data/s_0002.h5", True, 3.2) == []
+    assert d.update("StartScan", 0, True, 3.0) == []         # FullFileName still names the previous scan
+    acts = d.update("FullFileName", "/data/s_0002.h5", True, 3.2)
+    assert [(a.kind, a.file) for a in acts] == [(ActionKind.SKIP, "/data/s_0002.h5")] and "Abort" in acts[0].text
+    # a bad scan whose name never comes is still skipped, not queued
+    d.update("StartScan", 1, True, 4.0)
+    d.update("ScanStatus", "Abort: scan aborted by user", True, 4.5)
+    d.update("StartScan", 0, True, 5.0)
+    assert [a.kind for a in d.poll(16.0)] == [ActionKind.SKIP]
 
 
 def test_a_name_that_never_changes_is_reported_not_guessed():

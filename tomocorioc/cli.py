@@ -274,11 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     scr.add_argument("--check", action="store_true", help="only compare; exit 1 when the files differ")
     scr.set_defaults(func=_cmd_gen_screens)
 
-    demo = sub.add_parser("demo", help="simulate a short series and run the whole pipeline on it")
-    demo.add_argument("--outdir", type=Path, help="where to write (default: a new temporary folder)")
-    demo.add_argument("--n", type=int, default=3, help="number of scans (default 3)")
-    demo.add_argument("--width", type=int, default=256)
-    demo.add_argument("--device")
+    demo = sub.add_parser("demo", help="live demo: the IOC and a simulated tomoScan on loopback, a short series")
+    from .cli_demo import add_demo_arguments
+    add_demo_arguments(demo)
     demo.set_defaults(func=_cmd_demo)
     return ap
 

@@ -86,6 +86,7 @@ class ScanEndDetector:
     connected: Dict[str, bool] = field(default_factory=dict)
     _name_at_start: Optional[str] = None
     _bad_status: Optional[str] = None
+    _skip: Optional[str] = None
     ended_at: float = 0.0            #: ``now`` of the last busy drop
     _ended_status: str = ""
     last_file: Optional[str] = None
@@ -147,10 +148,8 @@ class ScanEndDetector:
         if self.state is not LinkState.SCANNING:
             self.state = LinkState.IDLE
             return []
-        if bad:
-            self.state = LinkState.IDLE
-            name = as_text(self.values.get("FullFileName", ""))
-            return [Action(ActionKind.SKIP, f"scan ended with '{bad}': not queued", name or None)]
+        # A bad scan also waits for its name: FullFileName still names the previous scan.
+        self._skip = f"scan ended with '{bad}': not queued" if bad else None
         current = as_text(self.values.get("FullFileName", ""))
         if current and current != self._name_at_start:
             return self._finish(current)   # the name changed during the scan already
@@ -159,6 +158,8 @@ class ScanEndDetector:
 
     def _finish(self, name: str) -> List[Action]:
         self.state = LinkState.IDLE
+        if self._skip:
+            return [Action(ActionKind.SKIP, self._skip, name)]
         self.last_file = name
         return [Action(ActionKind.QUEUE, f"scan ended: {name}", name)]
 
@@ -166,6 +167,8 @@ class ScanEndDetector:
         """Time-outs: a busy drop whose FullFileName never changed is reported, not guessed."""
         if self.state is LinkState.AWAITING_NAME and now - self.ended_at > self.name_wait:
             self.state = LinkState.IDLE
+            if self._skip:
+                return [Action(ActionKind.SKIP, self._skip)]
             name = as_text(self.values.get("FullFileName", ""))
             return [Action(ActionKind.NOTICE, f"scan ended ('{self._ended_status}') but FullFileName stayed "
                            f"'{name}' for {self.name_wait:g} s; not queued")]
