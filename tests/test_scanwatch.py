@@ -122,3 +122,31 @@ def test_check_complete_on_real_files(tmp_path):
         assert check_complete(str(tmp_path / "w.h5")) is not None
     finally:
         w.close()
+
+
+def test_folder_watch_sees_new_scan_files_with_events_and_with_polling(tmp_path):
+    import queue as q
+    import time
+
+    from tomocorioc.trigger.folder import FolderWatch
+    for poll in (False, True):
+        folder = tmp_path / f"poll{int(poll)}"
+        folder.mkdir()
+        got = q.SimpleQueue()
+        w = FolderWatch(folder, lambda *ev: got.put(ev), poll=poll)
+        w.start()
+        try:
+            time.sleep(0.3)
+            (folder / "notes.txt").write_text("not a scan")
+            (folder / ".hidden.h5").write_bytes(b"x")
+            (folder / "s_0001.h5").write_bytes(b"partial")
+            seen = set()
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and not seen:
+                try:
+                    seen.add(got.get(timeout=0.2))
+                except q.Empty:
+                    pass
+            assert seen and all(ev == ("file", str(folder / "s_0001.h5")) for ev in seen), (poll, seen)
+        finally:
+            w.stop()
