@@ -31,7 +31,9 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-from tomocorioc.cli_demo import IOC_PREFIX, SCANNER_PREFIX, _free_port, _Proc, loopback_env
+from tomocorioc.cli_demo import IOC_PREFIX, SCANNER_PREFIX, _Proc
+from tomocorioc.ioc.net import free_port as _free_port
+from tomocorioc.ioc.net import loopback_env
 
 
 def _stamp_monitor(pvname: str, events: List[tuple], lock: threading.Lock):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,20 +19,7 @@ from typing import Dict, List, Optional
 
 import pytest
 
-
-def _free_port() -> int:
-    """A port free for both TCP and UDP on loopback."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-            t.bind(("127.0.0.1", 0))
-            port = t.getsockname()[1]
-            try:
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                    u.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port")
+from tomocorioc.ioc.net import free_port as _free_port
 
 
 CA_PORTS: List[int] = [_free_port() for _ in range(4)]

@@ -16,43 +16,19 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
+
+from .ioc.net import free_port as _free_port
+from .ioc.net import loopback_env
 
 IOC_PREFIX = "TomoCorDemo:"
 SCANNER_PREFIX = "TomoScanDemo:"
 REPO_ADL = Path(__file__).resolve().parent.parent / "adl"
-
-
-def _free_port() -> int:
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-            t.bind(("127.0.0.1", 0))
-            port = t.getsockname()[1]
-            try:
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                    u.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free loopback port")
-
-
-def loopback_env(ca_ports: List[int], pva_port: int, pva_bcast: int) -> Dict[str, str]:
-    """EPICS environment that keeps every server and client on loopback."""
-    return {
-        "EPICS_CA_ADDR_LIST": " ".join(f"127.0.0.1:{p}" for p in ca_ports), "EPICS_CA_AUTO_ADDR_LIST": "NO",
-        "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1", "EPICS_CAS_BEACON_ADDR_LIST": "127.0.0.1",
-        "EPICS_CAS_AUTO_BEACON_ADDR_LIST": "NO", "EPICS_PVA_ADDR_LIST": "127.0.0.1",
-        "EPICS_PVA_AUTO_ADDR_LIST": "NO", "EPICS_PVA_SERVER_PORT": str(pva_port),
-        "EPICS_PVAS_SERVER_PORT": str(pva_port), "EPICS_PVA_BROADCAST_PORT": str(pva_bcast),
-        "EPICS_PVAS_BROADCAST_PORT": str(pva_bcast), "EPICS_PVAS_INTF_ADDR_LIST": "127.0.0.1",
-    }
 
 
 class _Proc:
@@ -318,4 +294,4 @@ def add_demo_arguments(demo: argparse.ArgumentParser) -> None:
     demo.add_argument("--device", help="torch device for --offline")
 
 
-__all__ = ["run_demo", "add_demo_arguments", "loopback_env"]
+__all__ = ["run_demo", "add_demo_arguments"]
