@@ -116,6 +116,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.backend == "tomocupy":
             make_backend("tomocupy", args.tomocupy)  # fail now, not once per file
         tomolog = _tomolog_settings(args) if "tomolog" in phases else {}
+        if args.path_map and not args.cluster:
+            raise ValueError("--path-map needs --cluster")
+        if args.cluster:
+            try:
+                from .dispatch.dask_worker import PathMap
+            except ImportError:
+                raise ValueError("--cluster needs the cluster extra: pip install 'tomocorioc[cluster]'") from None
+            PathMap(args.path_map)   # ValueError on a bad map
         if options.model and "infer" in phases and options.cor_method != "classical":
             from .ai import load_checkpoint
             load_checkpoint(options.model)  # a bad checkpoint is a usage error, not N file errors
@@ -132,7 +140,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.timeout:
         settings.timeouts = {p: float(args.timeout) for p in settings.timeouts}
     service = Service(args.state, slots, {"backend": args.backend, "tomocupy": args.tomocupy,
-                                          "device": args.device}, settings)
+                                          "device": args.device}, settings, cluster=args.cluster,
+                      path_map=args.path_map)
     want = {p: (p in phases) for p in ("try", "infer", "full", "tomolog")}
     new = set(service.enqueue([str(f) for f in files], want))
     # Files already in a --state queue keep their rows (and their finished phases).
@@ -142,6 +151,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             _seed_cor(service, rid, options, phases)
     progress = _Progress(sys.stderr.isatty() and not args.json)
     service.start()
+    if args.cluster and not service.dispatcher.wait_connected(30):
+        print(f"tomocorioc run: {service.cluster_status()['status']}", file=sys.stderr)
+        service.stop()
+        return 2
     try:
         while not service.wait_idle(1.0):
             rows = service.queue.rows()
@@ -234,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=float, help="per-phase timeout in seconds (default: try 1800, infer 900, "
                      "full 7200)")
     run.add_argument("--retries", type=int, default=1, help="re-runs after a worker dies or times out (default 1)")
+    run.add_argument("--cluster", metavar="ADDR",
+                     help="run the jobs on the GPU workers of this Dask scheduler (tcp://host:8786), not local slots")
+    run.add_argument("--path-map", action="append", default=[], metavar="IOC=WORKER",
+                     help="a data prefix here and where the cluster's workers mount it, e.g. /data=/mnt/data (repeat)")
     run.add_argument("--state", type=Path, help="keep the queue in this state directory (default: in memory)")
     tl = run.add_argument_group("TomoLog (phase tomolog)")
     tl.add_argument("--tomolog-url", help="Google Slides presentation URL")

@@ -75,7 +75,8 @@ class Service:
     """Owns the store, the queue and the dispatcher."""
 
     def __init__(self, state_dir: Optional[Path], slots: List[SlotSpec], runner_config: Optional[Dict[str, Any]] = None,
-                 settings: Optional[ServiceSettings] = None, factory: str = RUNNER) -> None:
+                 settings: Optional[ServiceSettings] = None, factory: str = RUNNER, *,
+                 cluster: Optional[str] = None, path_map: Optional[List[str]] = None) -> None:
         self.store = StateStore(state_dir)
         saved = self.store.settings().get("service")
         self.settings = settings or (ServiceSettings.from_dict(saved) if saved else ServiceSettings())
@@ -86,6 +87,7 @@ class Service:
                               series_barrier=self.settings.series_barrier, auto_fix=self.settings.auto_fix_outliers)
         self.queue.load(self.store.load_rows(), self.store.meta("fixed_series", []))
         self._factory, self._runner_config = factory, runner_config or {}
+        self.cluster, self.path_map = cluster, list(path_map or [])
         self.dispatcher = self._make_dispatcher(slots)
         self.messages: List[str] = []
         self.last_finished: Optional[Dict[str, Any]] = None   # latest 'finished' dispatcher event
@@ -96,10 +98,24 @@ class Service:
         self._started = False
         self.store.set_setting("service", self.settings.to_dict())
 
-    def _make_dispatcher(self, slots: List[SlotSpec]) -> Dispatcher:
-        return Dispatcher(self.queue, slots, self._factory, self._runner_config, self.build_job,
-                          timeouts=self.settings.timeouts, on_series_ready=self._series_ready,
-                          on_event=self._on_event)
+    def _make_dispatcher(self, slots: List[SlotSpec]) -> Any:
+        """Local slots, or the GPU workers of a Dask cluster (``cluster`` address): same interface."""
+        common: Dict[str, Any] = dict(timeouts=self.settings.timeouts, on_series_ready=self._series_ready,
+                                      on_event=self._on_event)
+        if self.cluster:
+            from .dispatch.cluster import ClusterDispatcher
+            return ClusterDispatcher(self.queue, slots, self._factory, self._runner_config, self.build_job,
+                                     cluster=self.cluster, path_map=self.path_map, **common)
+        return Dispatcher(self.queue, slots, self._factory, self._runner_config, self.build_job, **common)
+
+    def cluster_status(self) -> Dict[str, Any]:
+        """ClusterStatus / NumWorkers / NumGpus: the Dask cluster, or the local slots."""
+        status = getattr(self.dispatcher, "cluster_status", None)
+        if status is not None:
+            return status()
+        slots = self.dispatcher.slot_status()
+        return {"status": f"local: {len(slots)} slot{'s' * (len(slots) != 1)}", "workers": len(slots),
+                "gpus": sum(1 for s in slots if str(s["name"]).startswith("gpu"))}
 
     def _on_event(self, kind: str, data: Dict[str, Any]) -> None:
         # Runs on the dispatcher thread: record only (readers poll these attributes).
@@ -260,6 +276,8 @@ class Service:
         from .core.queue import QueueError
         if self.queue.has_running():
             raise QueueError("cannot change the worker slots while jobs run")
+        if self.cluster:
+            raise QueueError("with --cluster the slots are the cluster's GPU workers; Gpus does not apply")
         was_started = self._started
         self.dispatcher.stop()
         self.dispatcher = self._make_dispatcher(slots)

@@ -41,10 +41,15 @@ workers::
     tomocorioc serve --state /var/lib/tomocor --cluster tcp://scheduler:8786 \\
         --path-map /data=/mnt/data
 
-Workers may join and leave at any time; the IOC registers
-:class:`TomocoriocWorker` on connecting, so the preload is only needed for the
-GPU pinning.  The cluster should be dedicated to the IOC: a phase timeout
-counts from submission, and a timed-out worker process is killed.
+The IOC talks to the scheduler only (results come through it); the scheduler
+must reach the workers (on hosts with several networks add ``--interface
+ib0`` or ``--host <address>`` to ``dask worker``).  Workers may join and leave
+at any time; the IOC registers :class:`TomocoriocWorker` on connecting, so
+the preload is needed only for the GPU pinning.  Keep the workers' Python,
+``dask``/``distributed`` and ``tomocorioc`` versions equal to the IOC's.  The
+cluster should be dedicated to the IOC: a phase timeout counts from
+submission, and a timed-out job's worker process tree is killed (the nanny
+starts a fresh process; with ``--no-nanny`` the worker just leaves).
 """
 from __future__ import annotations
 
@@ -255,7 +260,8 @@ def _cannot_open(path: str) -> Optional[str]:
     return None
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """'Type: first line of the message' of an exception."""
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
@@ -285,12 +291,12 @@ def run_on_worker(job: Dict[str, Any], factory: str = DEFAULT_FACTORY,
         runner = runner_cache(worker).get(factory, dict(config or {}), job.get("model"))
     except Exception as exc:  # noqa: BLE001 - any start-up failure goes back to the dispatcher as data
         log.exception("runner %s failed to start", factory)
-        return {**base, "success": False, "fatal": True, "msg": f"worker {name} start failed: {_first_line(exc)}"}
+        return {**base, "success": False, "fatal": True, "msg": f"worker {name} start failed: {first_line(exc)}"}
     try:
         result = dict(runner(job))
     except Exception as exc:  # noqa: BLE001 - the process boundary: report, don't raise
         log.debug("job failed", exc_info=True)
-        result = {"success": False, "msg": _first_line(exc)}
+        result = {"success": False, "msg": first_line(exc)}
     result.setdefault("seconds", time.perf_counter() - p0)
     result.setdefault("t_start", t_start)
     result.setdefault("t_end", time.time())

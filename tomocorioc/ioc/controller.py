@@ -452,6 +452,8 @@ class Controller:
             "NumSlots": len(slots), "Message": svc.messages[-1] if svc.messages else "",
             "TriggerStatus": self.trigger.status if self.trigger is not None else "off",
         }
+        cs = svc.cluster_status()
+        v["ClusterStatus"], v["NumWorkers"], v["NumGpus"] = str(cs["status"]), int(cs["workers"]), int(cs["gpus"])
         if running:
             parts = [f"{s['phase']} {Path(r.path).name if r else '?'} ({s['name']})" for s, r in running]
             v["ReconStatus"] = "Running " + "; ".join(parts) + f"; {counts.get('queued', 0)} queued"
@@ -476,7 +478,8 @@ class Controller:
             r = by_id.get(s["row"]) if s and s["row"] is not None else None
             v[f"Slot{i + 1}:Name"] = s["name"] if s else ""
             v[f"Slot{i + 1}:File"] = r.path if r else ""
-            v[f"Slot{i + 1}:Phase"] = (s["phase"] if r else ("idle" if s and s["ready"] else "starting")) if s else ""
+            v[f"Slot{i + 1}:Phase"] = (s["phase"] if r else ("idle" if s["ready"] else {
+                "restarting": "restarting", "broken": "broken"}.get(s.get("state"), "starting"))) if s else ""
             v[f"Slot{i + 1}:Elapsed"] = round(float(s["elapsed"]), 1) if r else 0.0
         sel = by_id.get(self.selected) if self.selected is not None else None
         v.update(self._row_values("Selected", sel))

@@ -158,6 +158,9 @@ def pv_table() -> List[PVDef]:
         PVDef("LastFile", Kind.LSI, S, "File of the latest COR", ""),
         PVDef("LastCor", Kind.AI, S, "Latest COR found", 0.0, units="px", prec=2),
         PVDef("NumSlots", Kind.LONGIN, S, "Worker slots", 0),
+        PVDef("ClusterStatus", Kind.LSI, S, "Dask cluster link, or local slots", ""),
+        PVDef("NumWorkers", Kind.LONGIN, S, "Worker processes (cluster or local)", 0),
+        PVDef("NumGpus", Kind.LONGIN, S, "GPUs that run jobs", 0),
         # -- per file, for scripts
         PVDef("SelectFile", Kind.LSO, X, "Select a queued file by path", ""),
         PVDef("Selected:Cor", Kind.AO, X, "COR of the selected file", 0.0, lo=-1e6, hi=1e6, units="px", prec=2),

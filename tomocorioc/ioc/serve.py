@@ -37,6 +37,10 @@ def add_serve_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--backend", choices=("torch", "tomocupy"), default="torch", help="reconstruction backend")
     ap.add_argument("--tomocupy", default="tomocupy", help="tomocupy program (with --backend tomocupy)")
     ap.add_argument("--device", help="torch device for the workers (default: the slot's GPU, else cpu)")
+    ap.add_argument("--cluster", metavar="ADDR",
+                    help="run jobs on the GPU workers of this Dask scheduler (tcp://host:8786) instead of local slots")
+    ap.add_argument("--path-map", action="append", default=[], metavar="IOC=WORKER",
+                    help="a data prefix on this host and where the workers mount it, e.g. /data=/mnt/data (repeat)")
     ap.add_argument("--no-pva", action="store_true", help="serve Channel Access only")
     ap.add_argument("--watch", action="append", type=Path, default=[], metavar="DIR",
                     help="queue new scan files appearing in DIR (repeat; must be under a data root)")
@@ -79,11 +83,11 @@ async def _serve(args: argparse.Namespace, interfaces: List[str]) -> int:
     stored = (probe.settings().get("service") or {}).get("gpus")
     probe.close()
     gpus = args.gpus if args.gpus is not None else stored
-    service = Service(state, slots_for(gpus), runner)
-    if args.gpus is not None:
+    service = Service(state, slots_for(gpus), runner, cluster=args.cluster, path_map=args.path_map)
+    if args.gpus is not None and not args.cluster:
         service.update_settings(gpus=args.gpus or None)
     from ..trigger.manager import TriggerManager
-    controller = Controller(service, args.data_root, slot_factory=slots_for)
+    controller = Controller(service, args.data_root, slot_factory=None if args.cluster else slots_for)
 
     def accept(path: str) -> str:
         return str(controller.under_roots(Path(path)))   # PutError is a ValueError: reported by the trigger
@@ -144,6 +148,20 @@ def run_serve(args: argparse.Namespace) -> int:
         return 2
     if not roots:
         log.warning("no --data-root: every Enqueue will be refused")
+    if args.path_map and not args.cluster:
+        print("tomocorioc serve: --path-map needs --cluster", file=sys.stderr)
+        return 2
+    if args.cluster:
+        try:
+            from ..dispatch.dask_worker import PathMap
+            PathMap(args.path_map)
+        except ImportError:
+            print("tomocorioc serve: --cluster needs the cluster extra: pip install 'tomocorioc[cluster]'",
+                  file=sys.stderr)
+            return 2
+        except ValueError as exc:
+            print(f"tomocorioc serve: {exc}", file=sys.stderr)
+            return 2
     interfaces = configure_network(list(args.interface))
     try:
         return asyncio.run(_serve(args, interfaces))
