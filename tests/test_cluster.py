@@ -404,3 +404,26 @@ def test_ioc_with_cluster_shows_the_workers_and_runs_the_pipeline(tmp_path):
             assert ioc.terminate(30) == 0
         finally:
             ioc.kill()
+
+
+def test_run_cli_with_cluster_and_its_usage_errors(tmp_path):
+    import json as _json
+    import subprocess
+    import sys as _sys
+
+    from distributed import LocalCluster
+
+    from tomocorioc.sim import SimConfig, simulate_scan
+
+    t = simulate_scan(tmp_path / "r_0001.h5", SimConfig(ncols=64, nrows=4, nproj=61, noise=20000, phantom="beads",
+                                                      offset=-1.5, seed=8))
+    base = [_sys.executable, "-m", "tomocorioc", "run", str(tmp_path / "r_0001.h5"), "--json", "--search-width", "4"]
+    bad = subprocess.run(base + ["--path-map", "/data=/mnt/data"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--path-map needs --cluster" in bad.stderr
+    with LocalCluster(n_workers=1, processes=True, threads_per_worker=1, resources={"GPU": 1}, host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        out = subprocess.run(base + ["--cluster", cluster.scheduler_address], capture_output=True, text=True,
+                             timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rec = _json.loads(out.stdout.splitlines()[-1])
+    assert rec["status"] == "ok" and abs(rec["cor"] - t["cor"]) < 0.5

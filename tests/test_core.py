@@ -97,3 +97,14 @@ def test_choose_and_confidence():
     assert edge.needs_review and "edge" in edge.notes[0]
     assert agreement(10, None, 2) == 1.0 and agreement(10, 20, 2) == 0.0
     assert peak_confidence([1, 1, 1], 1) == 0.0
+
+
+def test_choose_prefers_an_interior_peak_to_a_higher_grid_edge():
+    """Entropy can rise again towards the grid's edge (sample filling the field of view): not the axis."""
+    c = np.arange(28.5, 36.5, 0.5)
+    s = np.array([-7.4975, -7.4759, -7.3486, -7.2481, -7.2022, -7.2477, -7.3532, -7.4607, -7.502, -7.537,
+                  -7.5095, -7.4589, -7.4109, -7.3268, -7.2471, -7.1974])   # measured on a 64 px scan, truth 30.5
+    ch = choose(c, s, estimate=30.43)
+    assert abs(ch.cor - 30.5) < 0.25 and ch.needs_review and "interior peak" in ch.notes[0]
+    mono = choose(c, np.linspace(0, 1, c.size))          # no interior peak: the edge it is, flagged
+    assert mono.grid_cor == c[-1] and mono.needs_review

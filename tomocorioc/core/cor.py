@@ -110,11 +110,22 @@ def choose(centers: Sequence[float], scores: Sequence[float], *, estimate: Optio
     order = np.argsort(c)
     c, s = c[order], s[order]
     idx = middle_of_ties(s)
+    notes = []
+    if idx in (0, len(c) - 1):
+        # A best score on the grid's edge means the metric still rises there, not that
+        # the axis is there: entropy grows again far from the axis when the sample
+        # fills the field of view.  An interior peak, when there is one, is the answer.
+        inner = [i for i in range(1, len(c) - 1)
+                 if np.isfinite(s[i]) and s[i] >= s[i - 1] and s[i] >= s[i + 1]]
+        if inner:
+            j = max(inner, key=lambda i: s[i])
+            notes.append(f"the grid edge {c[idx]:.2f} scored higher than the interior peak {c[j]:.2f}; "
+                         "the interior peak is used")
+            idx = j
     cor = parabola_refine(c, s, idx) if refine else float(c[idx])
     pc = peak_confidence(s, idx)
     ag = agreement(cor, estimate, agree_tolerance)
     conf = pc * ag
-    notes = []
     if idx in (0, len(c) - 1):
         notes.append("best score at the edge of the search grid")
         conf *= 0.5
