@@ -312,3 +312,37 @@ def test_demo_deployment_starts_and_processes_its_simulated_series(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
         log.close()
+
+
+def test_a_client_that_stops_reading_does_not_freeze_other_monitors(site):
+    """A stopped camonitor (socket and update queue full) must cost only itself, during and after."""
+    ioc, _, _ = site
+    import epics
+    big = "/x" * 1990                                   # ~4 kB per update of a long-string PV
+    stalled = subprocess.Popen(appimage_tool("camonitor") + ["-S"] + [ioc.pv("TomoLogUrl")] * 30, env=ioc.env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    other = subprocess.Popen(appimage_tool("camonitor") + [ioc.pv("MaxCorDelta")], env=ioc.env,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    pv = epics.PV(ioc.pv("TomoLogUrl"))
+    try:
+        assert pv.wait_for_connection(10)
+        time.sleep(1.0)
+        os.killpg(stalled.pid, signal.SIGSTOP)
+        for i in range(600):                              # 600 puts x 30 subscriptions x 4 kB: far past the socket
+            pv.put(big + str(i % 10), wait=(i % 50 == 0), timeout=10)
+        assert ioc.caput("MaxCorDelta", "41.25").returncode == 0
+        time.sleep(1.5)
+        os.killpg(stalled.pid, signal.SIGKILL)           # and then the stalled client dies
+        stalled.wait(10)
+        time.sleep(0.5)
+        assert ioc.caput("MaxCorDelta", "42.75").returncode == 0
+        time.sleep(1.5)
+    finally:
+        if stalled.poll() is None:
+            os.killpg(stalled.pid, signal.SIGKILL)
+        os.killpg(other.pid, signal.SIGTERM)
+        out = other.communicate(timeout=10)[0]
+        ioc.caput("TomoLogUrl", "", string=True)
+    assert "41.25" in out, "monitors froze while a client was stalled"
+    assert "42.75" in out, "monitors froze after the stalled client died"
+    assert ioc.proc.poll() is None

@@ -44,7 +44,24 @@ class RobustContext(Context):
       (~40 ms).  TCP_NODELAY is set on every accepted socket.
     * Beacons follow EPICS_CAS_BEACON_ADDR_LIST (set by ``serve`` to the
       served interfaces), never the auto broadcast list.
+    * A client that stops reading (stopped process, full socket) filled its
+      circuit's update queue, and the fan-out then waited on that queue:
+      every monitor of every client froze, for ever if the client died.  We
+      drop that client's oldest queued update instead (caproto already
+      prefers new news to old), so one bad client costs only itself.
     """
+
+    async def _subscription_queue_send(self, sub_spec, sub, metadata, values, flags):
+        circuit = sub.circuit
+        if not getattr(circuit, "connected", True):
+            return
+        queue = getattr(circuit, "subscription_queue", None)
+        if queue is not None and queue.full():
+            try:
+                queue.get_nowait()
+            except asyncio.QueueEmpty:
+                pass
+        await super()._subscription_queue_send(sub_spec, sub, metadata=metadata, values=values, flags=flags)
 
     async def _subscription_queue_iteration(self, sub_specs, metadata, values, flags, sub):
         if sub is None:
