@@ -346,3 +346,22 @@ def test_a_client_that_stops_reading_does_not_freeze_other_monitors(site):
     assert "41.25" in out, "monitors froze while a client was stalled"
     assert "42.75" in out, "monitors froze after the stalled client died"
     assert ioc.proc.poll() is None
+
+
+def test_servers_and_beacons_are_bound_to_the_configured_interface(site):
+    """Every listening socket and the CA beacon socket use 127.0.0.1 (serve --interface 127.0.0.1)."""
+    psutil = pytest.importorskip("psutil")
+    ioc, _, _ = site
+    conns = psutil.Process(ioc.proc.pid).net_connections(kind="inet")
+    listening = [c for c in conns if c.status == "LISTEN"]
+    assert listening and all(c.laddr.ip == "127.0.0.1" for c in listening)
+    served = {ioc.ca_port, ioc.pva_bcast}
+    udp_bound = [c for c in conns if c.type == 2 and c.laddr.port in served]
+    # 224.0.0.128: pvAccess's local multicast group, which it joins on the loopback interface
+    assert udp_bound and all(c.laddr.ip in ("127.0.0.1", "224.0.0.128") for c in udp_bound)
+    beacons = [c for c in conns if c.type == 2 and c.raddr]
+    assert beacons and all(c.laddr.ip == "127.0.0.1" and c.raddr.ip == "127.0.0.1" for c in beacons)
+    # pvAccess keeps one unconnected wildcard UDP socket on an ephemeral port to send from (its C++
+    # transport, not configurable); it is not a served port.
+    wild = [c for c in conns if c.laddr.ip == "0.0.0.0"]
+    assert len(wild) <= 1 and all(c.type == 2 and c.laddr.port not in served for c in wild)
