@@ -258,32 +258,6 @@ def test_many_monitor_clients_disconnecting_together_do_not_kill_the_server(site
     assert "deque mutated" not in ioc.log()
 
 
-def test_settings_and_queue_survive_sigkill_then_sigterm_is_clean(site, tmp_path):
-    ioc, data, truth = site
-    assert ioc.caput("CenterSearchWidth", "7.5").returncode == 0
-    assert ioc.caput("PhaseTomoLog", "Enable").returncode == 0
-    assert ioc.caput("TomoScanPrefix", "2bma:TomoScan:").returncode == 0
-    ioc.caput("SelectFile", next(iter(truth)), string=True)
-    cor_before = float(ioc.caget("Selected:Cor"))
-    time.sleep(1.0)   # autosave is written 0.3 s after a change
-    ioc.kill()
-    again = IOC(ioc.tmp, data, prefix=ioc.prefix, state=ioc.state, ca_port=ioc.ca_port).start()
-    try:
-        again.wait_for("CenterSearchWidth", lambda v: float(v) == 7.5, timeout=10)
-        assert again.caget("PhaseTomoLog") == "Enable"
-        assert again.caget("TomoScanPrefix") == "2bma:TomoScan:"
-        assert int(again.caget("QueueLength")) == 3 and int(again.caget("NumDone")) == 3
-        assert again.caput("SelectFile", next(iter(truth)), string=True).returncode == 0
-        again.wait_for("Selected:Cor", lambda v: float(v) == pytest.approx(cor_before), timeout=5)
-        assert again.terminate(timeout=30) == 0
-    finally:
-        again.kill()
-    saved = json.loads((ioc.state / "autosave" / "tomoCor_settings.json").read_text())
-    names = {k[len(ioc.prefix):] for k in saved}
-    assert "CenterSearchWidth" in names and "Enqueue" not in names and "SelectFile" not in names
-    assert math.isclose(saved[ioc.pv("CenterSearchWidth")]["value"], 7.5)
-
-
 def test_demo_deployment_starts_and_processes_its_simulated_series(tmp_path):
     """iocBoot/iocTomoCor_demo/start_IOC as shipped: simulates ./data on first start, serves it on loopback."""
     import shutil
@@ -365,3 +339,30 @@ def test_servers_and_beacons_are_bound_to_the_configured_interface(site):
     # transport, not configurable); it is not a served port.
     wild = [c for c in conns if c.laddr.ip == "0.0.0.0"]
     assert len(wild) <= 1 and all(c.type == 2 and c.laddr.port not in served for c in wild)
+
+
+# Last: it kills the module's IOC.
+def test_settings_and_queue_survive_sigkill_then_sigterm_is_clean(site, tmp_path):
+    ioc, data, truth = site
+    assert ioc.caput("CenterSearchWidth", "7.5").returncode == 0
+    assert ioc.caput("PhaseTomoLog", "Enable").returncode == 0
+    assert ioc.caput("TomoScanPrefix", "2bma:TomoScan:").returncode == 0
+    ioc.caput("SelectFile", next(iter(truth)), string=True)
+    cor_before = float(ioc.caget("Selected:Cor"))
+    time.sleep(1.0)   # autosave is written 0.3 s after a change
+    ioc.kill()
+    again = IOC(ioc.tmp, data, prefix=ioc.prefix, state=ioc.state, ca_port=ioc.ca_port).start()
+    try:
+        again.wait_for("CenterSearchWidth", lambda v: float(v) == 7.5, timeout=10)
+        assert again.caget("PhaseTomoLog") == "Enable"
+        assert again.caget("TomoScanPrefix") == "2bma:TomoScan:"
+        assert int(again.caget("QueueLength")) == 3 and int(again.caget("NumDone")) == 3
+        assert again.caput("SelectFile", next(iter(truth)), string=True).returncode == 0
+        again.wait_for("Selected:Cor", lambda v: float(v) == pytest.approx(cor_before), timeout=5)
+        assert again.terminate(timeout=30) == 0
+    finally:
+        again.kill()
+    saved = json.loads((ioc.state / "autosave" / "tomoCor_settings.json").read_text())
+    names = {k[len(ioc.prefix):] for k in saved}
+    assert "CenterSearchWidth" in names and "Enqueue" not in names and "SelectFile" not in names
+    assert math.isclose(saved[ioc.pv("CenterSearchWidth")]["value"], 7.5)

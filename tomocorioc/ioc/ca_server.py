@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from caproto import ChannelType
-from caproto.asyncio.server import Context
+from caproto.asyncio.server import Context, VirtualCircuit
 from caproto.server import PVGroup, SubGroup, pvproperty
 from caproto.server.autosave import AutosaveHelper, RotatingFileManager, autosaved
 
@@ -30,6 +30,27 @@ STATUS_PERIOD = 0.5      # s between full status snapshots (elapsed times, trigg
 CHANGE_POLL = 0.02       # s between looks at the queue's change counter
 WATCHDOG_START = 4       # counts 4..0 once a second: Stopped 4-5 s after the last heartbeat
 AUTOSAVE_DEBOUNCE = 0.3  # s: one save for a burst of setting puts
+
+
+class RobustCircuit(VirtualCircuit):
+    """caproto's asyncio circuit, disconnecting once.
+
+    When many clients vanish together the disconnect runs from the command
+    loop and from the subscription task itself; the stock code then awaited
+    the cancellation of the very task it ran in ('await wasn't used with
+    future').  The first caller takes the task; a task never awaits itself.
+    """
+
+    async def _on_disconnect(self) -> None:
+        task, self._sub_task = self._sub_task, None
+        await super(VirtualCircuit, self)._on_disconnect()   # the protocol-level clean-up
+        self.client.close()
+        if task is None:
+            return
+        if task is asyncio.current_task():
+            task.cancel()
+        else:
+            await self.tasks.cancel(task)
 
 
 class RobustContext(Context):
@@ -50,6 +71,8 @@ class RobustContext(Context):
       drop that client's oldest queued update instead (caproto already
       prefers new news to old), so one bad client costs only itself.
     """
+
+    CircuitClass = RobustCircuit
 
     async def _subscription_queue_send(self, sub_spec, sub, metadata, values, flags):
         circuit = sub.circuit
