@@ -76,9 +76,24 @@ class IOC:
     def pv(self, name: str) -> str:
         return self.prefix + name
 
+    def pva_get(self, name: str, timeout: float = 10.0):
+        """One PVAccess get of ``<prefix>name`` with p4p (the IOC's own PVA ports)."""
+        from p4p.client.thread import Context
+        conf = {"EPICS_PVA_ADDR_LIST": "127.0.0.1", "EPICS_PVA_AUTO_ADDR_LIST": "NO",
+                "EPICS_PVA_BROADCAST_PORT": str(self.pva_bcast), "EPICS_PVA_SERVER_PORT": str(self.pva_port)}
+        ctx = Context("pva", conf=conf, useenv=False)
+        try:
+            return ctx.get(self.pv(name), timeout=timeout)
+        finally:
+            ctx.close()
+
+    def command(self) -> List[str]:
+        """The server's command line."""
+        return [sys.executable, "-m", "tomocorioc", "serve", "--prefix", self.prefix, "--state", str(self.state),
+                "--data-root", str(self.data_root), "--interface", "127.0.0.1"] + self.extra
+
     def start(self, wait: float = 60.0) -> "IOC":
-        cmd = [sys.executable, "-m", "tomocorioc", "serve", "--prefix", self.prefix, "--state", str(self.state),
-               "--data-root", str(self.data_root), "--interface", "127.0.0.1"] + self.extra
+        cmd = self.command()
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
@@ -156,23 +171,10 @@ class SimTomoScan(IOC):
                          ca_port=ca_port)
         self.use_state = state is not None
 
-    def start(self, wait: float = 30.0) -> "SimTomoScan":
+    def command(self) -> List[str]:
         cmd = [sys.executable, "-m", "tomocorioc.sim.tomoscan_ioc", "--prefix", self.prefix,
                "--outdir", str(self.data_root), "--interface", "127.0.0.1"] + self.extra
-        if self.use_state:
-            cmd += ["--state", str(self.state)]
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"sim-tomoscan exited with {self.proc.returncode}:\n{self.log()}")
-            if self.caget("ServerRunning", timeout=1.0) == "Running":
-                return self
-            time.sleep(0.2)
-        self.kill()
-        raise RuntimeError(f"sim-tomoscan did not come up in {wait} s:\n{self.log()}")
+        return cmd + (["--state", str(self.state)] if self.use_state else [])
 
     def put(self, name: str, value: str, string: bool = False) -> None:
         r = self.caput(name, value, string=string)

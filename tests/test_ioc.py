@@ -174,26 +174,20 @@ def test_pvaccess_queue_table_preview_and_scores(site):
     assert r.returncode == 0, r.stderr
     for col in ("file", "series", "status", "cor_source", "needs_review"):
         assert col in r.stdout
-    from p4p.client.thread import Context
-    conf = {"EPICS_PVA_ADDR_LIST": "127.0.0.1", "EPICS_PVA_AUTO_ADDR_LIST": "NO",
-            "EPICS_PVA_BROADCAST_PORT": str(ioc.pva_bcast), "EPICS_PVA_SERVER_PORT": str(ioc.pva_port)}
-    ctx = Context("pva", conf=conf, useenv=False)
-    try:
-        table = ctx.get(ioc.pv("Queue"), timeout=10)
-        value = table.value
-        files = list(value["file"])
-        assert sorted(files) == sorted(truth)
-        assert list(value["status"]) == ["done"] * 3
-        for f, cor in zip(files, value["cor"]):
-            assert abs(cor - truth[f]) < 0.5
-        img = ctx.get(ioc.pv("Preview"), timeout=10)
-        arr = img.raw
-        assert [d["size"] for d in arr["dimension"]] == [96, 96]
-        assert arr["uniqueId"] >= 1 and "full" in arr["descriptor"]
-        scores = ctx.get(ioc.pv("Scores"), timeout=10).value
-        assert len(scores["center"]) == len(scores["score"]) > 10 and sum(scores["chosen"]) == 1
-    finally:
-        ctx.close()
+    value = ioc.pva_get("Queue").value
+    files = list(value["file"])
+    assert sorted(files) == sorted(truth)
+    assert list(value["status"]) == ["done"] * 3
+    for f, cor in zip(files, value["cor"]):
+        assert abs(cor - truth[f]) < 0.5
+    img = ioc.pva_get("Preview")
+    arr = img.raw
+    assert [d["size"] for d in arr["dimension"]] == [96, 96]
+    assert arr["uniqueId"] >= 1 and "full" in arr["descriptor"]
+    scores = ioc.pva_get("Scores").value
+    assert len(scores["center"]) == len(scores["score"]) > 10 and sum(scores["chosen"]) == 1
+
+
 
 
 def test_manual_cor_and_enable_from_the_row_page(site):

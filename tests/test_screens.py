@@ -152,22 +152,15 @@ import json, os, sys, time, types
 screen, png, prefix, limit = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
 from qtpy.QtWidgets import QApplication, QWidget
 app = QApplication([])
-# adl2pydm 0.0.4 wraps every screen in PyDMAbsoluteGeometry, a container proposed in slaclab/pydm#865
-# that pydm 1.29 does not ship: a plain QWidget with absolutely placed children is what it is.
-shim = types.ModuleType("pydm.widgets.absolute_geometry")
-shim.PyDMAbsoluteGeometry = type("PyDMAbsoluteGeometry", (QWidget,), {})
-sys.modules.setdefault("pydm.widgets.absolute_geometry", shim)
+# The bridges start_pydm uses too: adl2pydm's PyDMAbsoluteGeometry (not in pydm 1.29) and MEDM's
+# enum-by-index calcs in pydm's rules.
+from tomocorioc.ioc.pydm_launch import install_shims, medm_rules
+install_shims()
 from pydm.display import ScreenTarget, load_file
 from pydm.widgets import PyDMPushButton
 t0 = time.monotonic()
 display = load_file(screen, macros={"P": prefix}, target=ScreenTarget.DIALOG)
-for w in display.findChildren(QWidget):     # MEDM calcs see an enum's index; pydm's rules its string unless told
-    if getattr(w, "rules", None):
-        rules = json.loads(w.rules)
-        for rule in rules:
-            for ch in rule.get("channels", []):
-                ch["use_enum"] = False
-        w.rules = json.dumps(rules)
+medm_rules(display)
 widgets = [w for w in display.findChildren(QWidget) if isinstance(getattr(w, "channel", None), str) and w.channel]
 deadline, settled = time.monotonic() + limit, None
 while time.monotonic() < deadline:

@@ -54,14 +54,7 @@ def test_folder_watcher_queues_a_file_copied_in_slowly(watched):
 
 def test_folder_watcher_applies_trigger_phases(watched):
     ioc, inbox, _ = watched
-    from p4p.client.thread import Context
-    conf = {"EPICS_PVA_ADDR_LIST": "127.0.0.1", "EPICS_PVA_AUTO_ADDR_LIST": "NO",
-            "EPICS_PVA_BROADCAST_PORT": str(ioc.pva_bcast), "EPICS_PVA_SERVER_PORT": str(ioc.pva_port)}
-    ctx = Context("pva", conf=conf, useenv=False)
-    try:
-        table = ctx.get(ioc.pv("Queue"), timeout=10).value
-    finally:
-        ctx.close()
+    table = ioc.pva_get("Queue").value
     # try,infer only: no full phase was requested, so nothing is left and the row is done
     assert list(table["status"]) == ["done"]
     assert not (inbox.parent / "inbox_rec" / "w_0001_rec").exists()
@@ -132,14 +125,7 @@ def test_scan_end_queues_the_file_and_its_cor_appears(linked):
     ioc.wait_for("NumDone", lambda v: int(v) == 1, timeout=120)
     assert ioc.caget("LastFile") == str(path)
     assert abs(float(ioc.caget("LastCor")) - truth_of(data, path)) < 0.5
-    from p4p.client.thread import Context
-    conf = {"EPICS_PVA_ADDR_LIST": "127.0.0.1", "EPICS_PVA_AUTO_ADDR_LIST": "NO",
-            "EPICS_PVA_BROADCAST_PORT": str(ioc.pva_bcast), "EPICS_PVA_SERVER_PORT": str(ioc.pva_port)}
-    ctx = Context("pva", conf=conf, useenv=False)
-    try:
-        table = ctx.get(ioc.pv("Queue"), timeout=10).value
-    finally:
-        ctx.close()
+    table = ioc.pva_get("Queue").value
     assert list(table["file"]) == [str(path)] and list(table["status"]) == ["done"]
     assert abs(table["cor"][0] - truth_of(data, path)) < 0.5
     # TriggerPhases try,infer: no full reconstruction was made

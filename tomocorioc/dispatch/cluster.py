@@ -37,7 +37,7 @@ from ..core.queue import JobQueue, Outcome
 from .dask_worker import (GPU_METRIC, PLUGIN_NAME, PathMap, PathPairs, TomocoriocWorker, display_name,
                           kill_worker_process, run_on_worker, stop_this_worker)
 from .dask_worker import first_line as _brief
-from .dispatcher import SlotSpec
+from .dispatcher import SlotSpec, take_job
 
 log = logging.getLogger(__name__)
 
@@ -494,17 +494,11 @@ class ClusterDispatcher:
         tomolog_busy = any(j.phase == "tomolog" for j in self._jobs.values())
         for gpu in [g for g in self._gpus.values() if g.state is GpuState.IDLE and g.job is None
                     and getattr(self._workers.get(g.key[0]), "status", None) == "running"]:
-            nxt = self.queue.next_job(tomolog_busy=tomolog_busy)
-            if nxt is None:
+            taken = take_job(self.queue, self.build_job, self._job_ids, tomolog_busy)
+            if taken is None:
                 return
-            row_id, phase = nxt
-            row = self.queue.start(row_id, phase)
-            job_id = next(self._job_ids)
-            try:
-                job = dict(self.build_job(row, phase), job_id=job_id)
-            except (ValueError, OSError) as exc:
-                self.queue.finish(row_id, phase, Outcome(False, str(exc).splitlines()[0]))
-                continue
+            row_id, phase, job = taken
+            job_id = job["job_id"]
             if self.path_map:
                 job["path_map"] = self.path_map.to_list()
             try:

@@ -60,6 +60,25 @@ def _visible_gpus() -> int:
         if os.path.isdir("/dev") else 0
 
 
+def take_job(queue: JobQueue, build_job: JobBuilder, job_ids: Any,
+             tomolog_busy: bool) -> Optional[Tuple[int, str, Dict[str, Any]]]:
+    """The next queue job, marked running, as ``(row id, phase, job dict)``; None when there is none.
+
+    A job whose description cannot be built (a bad sidecar, an unreadable
+    path) fails at once and the next one is taken.  Shared by every backend.
+    """
+    while True:
+        nxt = queue.next_job(tomolog_busy=tomolog_busy)
+        if nxt is None:
+            return None
+        row_id, phase = nxt
+        row = queue.start(row_id, phase)
+        try:
+            return row_id, phase, dict(build_job(row, phase), job_id=next(job_ids))
+        except (ValueError, OSError) as exc:
+            queue.finish(row_id, phase, Outcome(False, str(exc).splitlines()[0]))
+
+
 @dataclass
 class _Slot:
     spec: SlotSpec
@@ -196,17 +215,11 @@ class Dispatcher:
         for s in self._slots:
             if not s.ready or s.job is not None:
                 continue
-            nxt = self.queue.next_job(tomolog_busy=tomolog_busy)
-            if nxt is None:
+            taken = take_job(self.queue, self.build_job, self._job_ids, tomolog_busy)
+            if taken is None:
                 return
-            row_id, phase = nxt
-            row = self.queue.start(row_id, phase)
-            job_id = next(self._job_ids)
-            try:
-                job = dict(self.build_job(row, phase), job_id=job_id)
-            except (ValueError, OSError) as exc:
-                self.queue.finish(row_id, phase, Outcome(False, str(exc).splitlines()[0]))
-                continue
+            row_id, phase, job = taken
+            job_id = job["job_id"]
             s.conn.send(job)
             now = time.monotonic()
             if s.freed_at is not None:
