@@ -4,7 +4,7 @@ import numpy as np
 
 from tomocorioc.core.scanwatch import ActionKind, LinkState, ScanEndDetector, Stability, as_text, busy_value
 from tomocorioc.sim import SimConfig, simulate_scan
-from tomocorioc.trigger.manager import check_complete
+from tomocorioc.trigger.manager import check_complete, inspect_file
 
 
 def connect(d, start=0, status="Scan complete", name="/data/s_0001.h5", t=0.0):
@@ -150,3 +150,12 @@ def test_folder_watch_sees_new_scan_files_with_events_and_with_polling(tmp_path)
             assert seen and all(ev == ("file", str(folder / "s_0001.h5")) for ev in seen), (poll, seen)
         finally:
             w.stop()
+
+
+def test_an_aborted_file_is_recognised_by_its_planned_angles(tmp_path):
+    cfg = SimConfig(ncols=32, nrows=4, nproj=31, noise=0, phantom="beads", aborted=True)
+    simulate_scan(tmp_path / "a.h5", cfg)
+    short, why = inspect_file(str(tmp_path / "a.h5"))
+    assert short and "of 31 planned projections" in why
+    simulate_scan(tmp_path / "ok.h5", SimConfig(ncols=32, nrows=4, nproj=31, noise=0, phantom="beads"))
+    assert inspect_file(str(tmp_path / "ok.h5")) == (False, None)

@@ -72,6 +72,16 @@ def test_a_file_that_never_completes_is_queued_as_failed(watched):
     assert "theta" in err
 
 
+def test_an_aborted_scan_copied_in_is_skipped_not_failed(watched):
+    """Fewer projections than tomoScan planned, closed and stable: aborted, whatever ScanStatus said."""
+    ioc, inbox, src = watched
+    n = int(ioc.caget("QueueLength"))
+    simulate_scan(src / "w_0009.h5", SimConfig(seed=9, aborted=True, **SMALL))
+    shutil.copy(src / "w_0009.h5", inbox / "w_0009.h5")
+    ioc.wait_for("TriggerStatus", lambda v: "w_0009.h5" in v and "aborted scan" in v, timeout=15)
+    assert int(ioc.caget("QueueLength")) == n
+
+
 def test_a_file_completed_late_is_still_processed(watched):
     ioc, inbox, src = watched
     simulate_scan(src / "w_0003.h5", SimConfig(seed=7, **SMALL))

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 DATA = "/exchange/data"
 WHITE = "/exchange/data_white"
 DARK = "/exchange/data_dark"
+PLANNED_ANGLES = "/process/acquisition/rotation/num_angles"
 THETA = "/exchange/theta"
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
@@ -135,6 +136,16 @@ class DXFile:
             self._theta_len = 0
 
     # -- metadata -----------------------------------------------------------
+    @property
+    def planned_projections(self) -> Optional[int]:
+        """tomoScan's planned projection count (``/process/acquisition/rotation/num_angles``), if recorded."""
+        ds = self._h5.get(PLANNED_ANGLES)
+        try:
+            value = int(np.asarray(ds[()]).ravel()[0]) if ds is not None else None
+        except (TypeError, ValueError, IndexError, OSError):
+            return None
+        return value if value and value > 0 else None
+
     @property
     def shape(self) -> Tuple[int, int, int]:
         """(nproj, nrows, ncols) of the projections."""

@@ -49,17 +49,26 @@ class TriggerStats:
 
 def check_complete(path: str) -> Optional[str]:
     """None when the scan file opens and is complete, else why not (one line)."""
+    return inspect_file(path)[1]
+
+
+def inspect_file(path: str) -> tuple:
+    """``(short, reason)``: reason None when complete; ``short`` True when the file opens with fewer
+    projections than tomoScan planned (an aborted scan, once its size is stable)."""
     from ..data.dxfile import DXFile
     from ..data.errors import DatasetError
     if not os.path.isfile(path):
-        return "file does not exist yet"
+        return False, "file does not exist yet"
     try:
         with DXFile(Path(path)) as scan:
-            if not scan.is_complete():
-                return "incomplete (theta, flats or darks missing)"
+            if scan.is_complete():
+                return False, None
+            planned = scan.planned_projections
+            if planned is not None and scan.nproj < planned:
+                return True, f"{scan.nproj} of {planned} planned projections"
+            return False, "incomplete (theta, flats or darks missing)"
     except (DatasetError, OSError, ValueError, KeyError) as exc:
-        return f"cannot open yet: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-    return None
+        return False, f"cannot open yet: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
 
 
 class TriggerManager:
@@ -200,14 +209,19 @@ class TriggerManager:
             if now < p.next_check:
                 continue
             p.next_check = now + CHECK_PERIOD
-            why = check_complete(path)
-            if why is None:
+            short, why = inspect_file(path)
+            if why is None or short:
                 st = os.stat(path)
                 if p.stability.observe(st.st_size, st.st_mtime, now):
                     del self._pending[path]
-                    self._queue(p, now)
+                    if short:
+                        # Closed, stable and short of tomoScan's planned angles: an aborted scan, even
+                        # when ScanStatus said 'Scan complete' (tomoScan's base class can).
+                        self._skip_aborted(p, why)
+                    else:
+                        self._queue(p, now)
                     continue
-                why = "still changing"
+                why = why or "still changing"
             p.reason = why
             if now > p.deadline:
                 del self._pending[path]
@@ -215,6 +229,12 @@ class TriggerManager:
                 self.service.enqueue_failed(path, reason, self.phases())
                 self.stats.failed.append(path)
                 self._set_status(f"failed {Path(path).name}: {reason}")
+
+    def _skip_aborted(self, p: _Pending, why: str) -> None:
+        self.stats.skipped.append(p.path)
+        text = f"skipped {Path(p.path).name}: aborted scan ({why}); not queued"
+        self._set_status(text)
+        self.service.notice(f"trigger: {text}")
 
     def _queue(self, p: _Pending, now: float) -> None:
         ids = self.service.enqueue([p.path], self.phases())
