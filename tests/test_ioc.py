@@ -335,6 +335,15 @@ def test_servers_and_beacons_are_bound_to_the_configured_interface(site):
     assert len(wild) <= 1 and all(c.type == 2 and c.laddr.port not in served for c in wild)
 
 
+
+def test_the_ioc_process_never_loads_torch(site):
+    """GPU work belongs to the workers: the IOC process must not even load libtorch."""
+    ioc, _, _ = site
+    maps = Path(f"/proc/{ioc.proc.pid}/maps")
+    if not maps.exists():
+        pytest.skip("no /proc on this system")
+    assert "libtorch" not in maps.read_text()
+
 # Last: it kills the module's IOC.
 def test_settings_and_queue_survive_sigkill_then_sigterm_is_clean(site, tmp_path):
     ioc, data, truth = site

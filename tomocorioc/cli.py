@@ -9,11 +9,17 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence
+from typing import TYPE_CHECKING, Iterable, List, Optional, Sequence
 
-from .core.params import FILTERS, STRIPE_METHODS, ParamError, ReconParams
+from .core.params import COR_METHODS, FILTERS, STRIPE_METHODS, ParamError, ReconParams
+from .core.params import RUN_PHASES as PHASES
 from .cor.classical import DEFAULT_METRIC, METRICS
-from .pipeline import COR_METHODS, PHASES, FileResult, RunOptions
+
+if TYPE_CHECKING:
+    from .pipeline import FileResult, RunOptions
+
+# torch (via .pipeline and the backends) is imported only by the commands that reconstruct:
+# the IOC process (serve) must stay free of it; its workers do the GPU work.
 
 log = logging.getLogger("tomocorioc")
 
@@ -104,6 +110,7 @@ class _Progress:
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the phases over files and directories through the dispatcher; exit 1 if any file failed."""
     from .dispatch.dispatcher import slots_for
+    from .pipeline import RunOptions
     from .service import Service, ServiceSettings
     try:
         params = _params(args)
@@ -200,6 +207,7 @@ def _seed_cor(service, rid: int, options: RunOptions, phases: List[str]) -> None
 def _row_result(row) -> FileResult:
     """A queue row as the CLI's per-file result."""
     from .core.jobs import FINISHED_OK, PhaseState
+    from .pipeline import FileResult
     asked = {p: s for p, s in row.state.items() if s is not PhaseState.OFF}
     ok = bool(asked) and all(s in FINISHED_OK for s in asked.values())
     error = row.error

@@ -19,7 +19,8 @@ import torch
 
 from .core import layout
 from .core.cor import CorChoice, agreement, choose
-from .core.params import ParamError, ReconParams
+from .core.params import COR_METHODS, ParamError, ReconParams
+from .core.params import RUN_PHASES as PHASES
 from .cor import classical
 from .cor.vo import find_center_vo
 from .data.dxfile import DXFile
@@ -29,9 +30,7 @@ from .recon.preprocess import preprocess
 
 log = logging.getLogger(__name__)
 
-PHASES = ("try", "infer", "full")
 RUN_PHASES = PHASES + ("tomolog",)  # tomolog runs in the service's worker, not in Pipeline
-COR_METHODS = ("auto", "ai", "classical")
 # Errors that fail one file and let the others go on.  Anything else is a bug
 # and should surface with a traceback.
 FILE_ERRORS = (DatasetError, ReconError, ParamError, ValueError, OSError, RuntimeError, MemoryError, KeyError)

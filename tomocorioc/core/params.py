@@ -20,6 +20,8 @@ TORCH_STRIPE_METHODS: Tuple[str, ...] = ("none", "sort")
 DTYPES: Tuple[str, ...] = ("float32", "float16")
 ALGORITHMS: Tuple[str, ...] = ("fourierrec", "lprec", "linerec")
 FULL_FORMATS: Tuple[str, ...] = ("tiff", "h5")
+COR_METHODS: Tuple[str, ...] = ("auto", "ai", "classical")   # phase B: auto = ai when a model is set
+RUN_PHASES: Tuple[str, ...] = ("try", "infer", "full")        # what ``tomocorioc run`` does by default
 
 
 class ParamError(ValueError):
