@@ -317,8 +317,15 @@ def _cmd_fix_outliers(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from .ioc.serve import run_serve
-    return run_serve(args)
+    from .ioc.serve import UsageError, run_serve
+    try:
+        return run_serve(args)
+    except UsageError as exc:
+        print(f"tomocorioc serve: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:   # e.g. the port or the state directory is unusable
+        print(f"tomocorioc serve: {exc}", file=sys.stderr)
+        return 1
 
 
 def _cmd_gen_db(args: argparse.Namespace) -> int:

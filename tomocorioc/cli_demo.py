@@ -100,9 +100,9 @@ class _Demo:
     # -- steps ---------------------------------------------------------------------------
     def start(self) -> None:
         ca = [_free_port(), _free_port()]
-        env = dict(os.environ, **loopback_env(ca, _free_port(), _free_port()), CUDA_VISIBLE_DEVICES=os.environ.get(
-            "CUDA_VISIBLE_DEVICES", ""))
-        os.environ.update(loopback_env(ca, int(env["EPICS_PVA_SERVER_PORT"]), int(env["EPICS_PVA_BROADCAST_PORT"])))
+        loop_env = loopback_env(ca, _free_port(), _free_port())
+        env = dict(os.environ, **loop_env, CUDA_VISIBLE_DEVICES=os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+        os.environ.update(loop_env)   # this process's pyepics reads it at its first channel
         py = [sys.executable, "-m", "tomocorioc"]
         self.procs.append(_Proc("IOC", py + ["serve", "--prefix", IOC_PREFIX, "--state", str(self.outdir / "state"),
                                              "--data-root", str(self.data), "--interface", "127.0.0.1"],
@@ -117,9 +117,8 @@ class _Demo:
         self.wait("the IOC", lambda: self.get(self.ioc("ServerRunning")) == "Running", 120)
         self.wait("the simulated tomoScan", lambda: self.get(self.scanner("ServerRunning")) == "Running", 60)
         print("screens (in another shell, with this environment):", flush=True)
-        exports = " ".join(f"{k}='{v}'" for k, v in sorted(loopback_env(
-            ca, int(env["EPICS_PVA_SERVER_PORT"]), int(env["EPICS_PVA_BROADCAST_PORT"])).items())
-            if k.startswith("EPICS_CA_") or k.startswith("EPICS_PVA_"))
+        exports = " ".join(f"{k}='{v}'" for k, v in sorted(loop_env.items())
+                           if k.startswith("EPICS_CA_") or k.startswith("EPICS_PVA_"))
         adl = REPO_ADL if REPO_ADL.is_dir() else Path("adl")
         print(f"  export {exports}", flush=True)
         print(f"  python -m tomocorioc.ioc.pydm_launch {adl / 'tomoCor.adl'} P={IOC_PREFIX}", flush=True)

@@ -74,7 +74,8 @@ class ServiceSettings:
 class Service:
     """Owns the store, the queue and the dispatcher."""
 
-    def __init__(self, state_dir: Optional[Path], slots: List[SlotSpec], runner_config: Optional[Dict[str, Any]] = None,
+    def __init__(self, state_dir: Optional[Path], slots: Optional[List[SlotSpec]],
+                 runner_config: Optional[Dict[str, Any]] = None,
                  settings: Optional[ServiceSettings] = None, factory: str = RUNNER, *,
                  cluster: Optional[str] = None, path_map: Optional[List[str]] = None) -> None:
         self.store = StateStore(state_dir)
@@ -88,6 +89,9 @@ class Service:
         self.queue.load(self.store.load_rows(), self.store.meta("fixed_series", []))
         self._factory, self._runner_config = factory, runner_config or {}
         self.cluster, self.path_map = cluster, list(path_map or [])
+        if slots is None:   # the stored Gpus setting (as the IOC's Gpus PV last set it)
+            from .dispatch.dispatcher import slots_for
+            slots = slots_for(self.settings.gpus)
         self.dispatcher = self._make_dispatcher(slots)
         self.messages: List[str] = []
         self.last_finished: Optional[Dict[str, Any]] = None   # latest 'finished' dispatcher event
@@ -108,12 +112,13 @@ class Service:
                                      cluster=self.cluster, path_map=self.path_map, **common)
         return Dispatcher(self.queue, slots, self._factory, self._runner_config, self.build_job, **common)
 
-    def cluster_status(self) -> Dict[str, Any]:
-        """ClusterStatus / NumWorkers / NumGpus: the Dask cluster, or the local slots."""
+    def cluster_status(self, slots: Optional[List[Dict[str, Any]]] = None) -> Dict[str, Any]:
+        """ClusterStatus / NumWorkers / NumGpus: the Dask cluster, or the local slots (``slots``: a
+        ``slot_status()`` the caller already has)."""
         status = getattr(self.dispatcher, "cluster_status", None)
         if status is not None:
             return status()
-        slots = self.dispatcher.slot_status()
+        slots = self.dispatcher.slot_status() if slots is None else slots
         return {"status": f"local: {len(slots)} slot{'s' * (len(slots) != 1)}", "workers": len(slots),
                 "gpus": sum(1 for s in slots if str(s["name"]).startswith("gpu"))}
 

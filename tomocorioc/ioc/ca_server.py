@@ -22,7 +22,7 @@ from caproto.server import PVGroup, SubGroup, pvproperty
 from caproto.server.autosave import AutosaveHelper, RotatingFileManager, autosaved
 
 from .controller import Controller, PutError, Watchdog
-from .pvdefs import LONG_STRING, Kind, PVDef, Role, pv_table
+from .pvdefs import LONG_STRING, ROW_SEVERITY, Kind, PVDef, Role, pv_table
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +225,6 @@ class _Base(PVGroup):
             out = p.enums[int(value)] if p.kind.is_enum else value
             severity = 0
             if p.kind is Kind.MBBI and name.endswith("Status"):
-                from .pvdefs import ROW_SEVERITY
                 severity = ROW_SEVERITY.get(p.enums[int(value)], 0)
             try:
                 await self._props[name].write(out, verify_value=False, severity=severity)

@@ -452,7 +452,7 @@ class Controller:
             "NumSlots": len(slots), "Message": svc.messages[-1] if svc.messages else "",
             "TriggerStatus": self.trigger.status if self.trigger is not None else "off",
         }
-        cs = svc.cluster_status()
+        cs = svc.cluster_status(slots)
         v["ClusterStatus"], v["NumWorkers"], v["NumGpus"] = str(cs["status"]), int(cs["workers"]), int(cs["gpus"])
         if running:
             parts = [f"{s['phase']} {Path(r.path).name if r else '?'} ({s['name']})" for s, r in running]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List
 
+from .genfiles import stale_files, write_files
 from .pvdefs import LONG_STRING, ROW_SEVERITY, Kind, PVDef, pv_table
 
 TEMPLATE = "tomoCor.template"
@@ -87,20 +88,9 @@ def generated() -> Dict[str, str]:
 
 def write(db_dir: Path) -> List[Path]:
     """Write the files into ``db_dir``; returns their paths."""
-    db_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, text in generated().items():
-        path = db_dir / name
-        path.write_text(text, encoding="utf-8")
-        paths.append(path)
-    return paths
+    return write_files(db_dir, generated())
 
 
 def check(db_dir: Path) -> List[str]:
     """Names of files in ``db_dir`` that are missing or differ from the generated text."""
-    bad = []
-    for name, text in generated().items():
-        path = db_dir / name
-        if not path.is_file() or path.read_text(encoding="utf-8") != text:
-            bad.append(name)
-    return bad
+    return stale_files(db_dir, generated())

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from .genfiles import stale_files, write_files
 from .pvdefs import DEFAULT_PREFIX, MAX_SLOTS, PAGE_ROWS, ROW_STATUSES, Kind, PVDef, Role, by_name, pv_table
 
 log = logging.getLogger(__name__)
@@ -560,20 +561,12 @@ def generated() -> Dict[str, str]:
 
 def write(out_dir: Path) -> List[Path]:
     """Write the six files into ``out_dir``; returns their paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, text in generated().items():
-        path = out_dir / name
-        path.write_text(text, encoding="utf-8")
-        paths.append(path)
-        log.info("wrote %s", path)
-    return paths
+    return write_files(out_dir, generated())
 
 
 def check(out_dir: Path) -> List[str]:
     """Names of screen files in ``out_dir`` that are missing or differ from the generated text."""
-    return [name for name, text in generated().items()
-            if not (out_dir / name).is_file() or (out_dir / name).read_text(encoding="utf-8") != text]
+    return stale_files(out_dir, generated())
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -12,7 +12,6 @@ import asyncio
 import logging
 import os
 import signal
-import sys
 from pathlib import Path
 from typing import List
 
@@ -77,13 +76,9 @@ async def _serve(args: argparse.Namespace, interfaces: List[str]) -> int:
     state = args.state.resolve()
     state.mkdir(parents=True, exist_ok=True)
     runner = {"backend": args.backend, "tomocupy": args.tomocupy, "device": args.device}
-    # The stored Gpus setting applies unless --gpus overrides it.
-    from ..store import StateStore
-    probe = StateStore(state)
-    stored = (probe.settings().get("service") or {}).get("gpus")
-    probe.close()
-    gpus = args.gpus if args.gpus is not None else stored
-    service = Service(state, slots_for(gpus), runner, cluster=args.cluster, path_map=args.path_map)
+    # --gpus overrides the stored Gpus setting; without it the Service uses the stored one.
+    slots = slots_for(args.gpus) if args.gpus is not None else None
+    service = Service(state, slots, runner, cluster=args.cluster, path_map=args.path_map)
     if args.gpus is not None and not args.cluster:
         service.update_settings(gpus=args.gpus or None)
     from ..trigger.manager import TriggerManager
@@ -139,35 +134,35 @@ async def _serve(args: argparse.Namespace, interfaces: List[str]) -> int:
     return code
 
 
-def run_serve(args: argparse.Namespace) -> int:
-    """Entry point of ``tomocorioc serve``."""
-    roots = [r for r in args.data_root]
-    missing = [str(r) for r in roots + list(args.watch) if not r.is_dir()]
+class UsageError(ValueError):
+    """A bad ``serve`` option (the command exits 2 with this one line)."""
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Validate the options before anything starts; UsageError with a one-line reason."""
+    missing = [str(r) for r in list(args.data_root) + list(args.watch) if not r.is_dir()]
     if missing:
-        print(f"tomocorioc serve: data root is not a directory: {missing[0]}", file=sys.stderr)
-        return 2
-    if not roots:
-        log.warning("no --data-root: every Enqueue will be refused")
+        raise UsageError(f"data root is not a directory: {missing[0]}")
     if args.path_map and not args.cluster:
-        print("tomocorioc serve: --path-map needs --cluster", file=sys.stderr)
-        return 2
+        raise UsageError("--path-map needs --cluster")
     if args.cluster:
         try:
             from ..dispatch.dask_worker import PathMap
-            PathMap(args.path_map)
         except ImportError:
-            print("tomocorioc serve: --cluster needs the cluster extra: pip install 'tomocorioc[cluster]'",
-                  file=sys.stderr)
-            return 2
+            raise UsageError("--cluster needs the cluster extra: pip install 'tomocorioc[cluster]'") from None
+        try:
+            PathMap(args.path_map)
         except ValueError as exc:
-            print(f"tomocorioc serve: {exc}", file=sys.stderr)
-            return 2
+            raise UsageError(str(exc)) from None
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Run the IOC until SIGTERM/SIGINT (UsageError for bad options, OSError when it cannot serve)."""
+    check_arguments(args)
+    if not args.data_root:
+        log.warning("no --data-root: every Enqueue will be refused")
     interfaces = configure_network(list(args.interface))
-    try:
-        return asyncio.run(_serve(args, interfaces))
-    except OSError as exc:   # e.g. the port or state directory is unusable
-        print(f"tomocorioc serve: {exc}", file=sys.stderr)
-        return 1
+    return asyncio.run(_serve(args, interfaces))
 
 
-__all__ = ["add_serve_arguments", "run_serve", "configure_network"]
+__all__ = ["add_serve_arguments", "run_serve", "check_arguments", "configure_network", "UsageError"]
