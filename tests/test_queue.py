@@ -170,3 +170,12 @@ def test_load_requeues_running_and_transition_rules():
     with pytest.raises(TransitionError):
         transition(r, "try", S.DONE)
     assert Row.from_dict(r.to_dict()) == r
+
+
+def test_add_failed_rows_arrive_failed_and_never_dispatch():
+    q = JobQueue()
+    (rid,) = q.add(["/d/a_0001.h5"], {"try": True, "infer": True, "full": False}, failed="never complete")
+    r = q.row(rid)
+    assert r.state["try"] is S.FAILED and r.state["infer"] is S.BLOCKED
+    assert r.state["full"] is S.OFF and r.error == "never complete" and r.status == "failed"
+    assert q.next_job() is None

@@ -186,10 +186,9 @@ class Service:
 
     def enqueue_failed(self, path: str, reason: str, phases: Optional[Dict[str, bool]] = None) -> Optional[int]:
         """Queue a file as failed with ``reason`` (it never became readable); None if already queued."""
-        ids = self.queue.add([str(path)], phases if phases is not None else self.settings.phases)
+        ids = self.queue.add([str(path)], phases if phases is not None else self.settings.phases, failed=reason)
         if not ids:
             return None
-        self.queue.fail_row(ids[0], reason)
         self.notice(f"{Path(path).name}: {reason}")
         return ids[0]
 

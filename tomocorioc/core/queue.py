@@ -111,8 +111,14 @@ class JobQueue:
         return None
 
     # -- operations ------------------------------------------------------------
-    def add(self, paths: Iterable[str], phases: Optional[Dict[str, bool]] = None) -> List[int]:
-        """Append files (duplicates skipped); returns the new row ids."""
+    def add(self, paths: Iterable[str], phases: Optional[Dict[str, bool]] = None,
+            failed: Optional[str] = None) -> List[int]:
+        """Append files (duplicates skipped); returns the new row ids.
+
+        With ``failed`` (a reason) the rows arrive already failed — first requested
+        phase failed, the rest blocked — in the same locked step, so the
+        dispatcher can never start them (a file that never became complete).
+        """
         want = dict(DEFAULT_PHASES)
         if phases:
             unknown = set(phases) - set(PHASES)
@@ -130,6 +136,8 @@ class JobQueue:
                 series, index = series_key(key)
                 row = Row(id=self._next_id, path=key, series=series, index=index, phases=dict(want))
                 self._next_id += 1
+                if failed:
+                    self._fail_new(row, failed)
                 have.add(key)
                 # A new member reopens its series: Fix COR Outliers runs again once it is inferred.
                 self.fixed_series.discard(series)
@@ -138,6 +146,15 @@ class JobQueue:
             if new:
                 self._changed(new)
             return [r.id for r in new]
+
+    @staticmethod
+    def _fail_new(r: Row, reason: str) -> None:
+        first = True
+        for p in PHASES:
+            if r.state[p] is PhaseState.QUEUED:
+                transition(r, p, PhaseState.FAILED if first else PhaseState.BLOCKED, reason)
+                first = False
+        r.error = reason
 
     def remove(self, ids: Iterable[int]) -> None:
         """Remove rows (not while they run)."""
@@ -196,20 +213,6 @@ class JobQueue:
                 r.needs_review, r.confidence = False, None
             r.updated = time.time()
             self._changed([r], [event])
-
-    def fail_row(self, row_id: int, reason: str) -> None:
-        """Fail a row before it ran (e.g. its file never became complete): first queued phase failed, rest blocked."""
-        with self._lock:
-            r = self._get(row_id)
-            if r.running_phase:
-                raise QueueError(f"cannot fail a running row: {r.path}")
-            first = True
-            for p in PHASES:
-                if r.state[p] is PhaseState.QUEUED:
-                    transition(r, p, PhaseState.FAILED if first else PhaseState.BLOCKED, reason)
-                    first = False
-            r.error = reason
-            self._changed([r])
 
     def mark_skipped(self, row_id: int, reason: str) -> None:
         """Disable a row as skipped (e.g. an aborted acquisition)."""
