@@ -52,8 +52,10 @@ class IOC:
     """One ``tomocorioc serve`` subprocess with its own prefix, ports and state."""
 
     def __init__(self, tmp: Path, data_root: Path, prefix: Optional[str] = None, state: Optional[Path] = None,
-                 extra: Optional[List[str]] = None, ca_port: Optional[int] = None) -> None:
+                 extra: Optional[List[str]] = None, ca_port: Optional[int] = None,
+                 env_extra: Optional[Dict[str, str]] = None) -> None:
         self.prefix = prefix or f"T{uuid.uuid4().hex[:6]}:"
+        self.env_extra = dict(env_extra or {})
         self.tmp, self.data_root = tmp, data_root
         self.state = state or tmp / "state"
         self.ca_port = ca_port or next(_next_port)
@@ -100,7 +102,8 @@ class IOC:
     def start(self, wait: float = 60.0) -> "IOC":
         cmd = self.command()
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+        # env_extra is for the server only: clients keep the session's CA repeater
+        self.proc = subprocess.Popen(cmd, env=dict(self.env, **self.env_extra), stdout=self._log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:

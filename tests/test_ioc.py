@@ -16,6 +16,7 @@ from _ioc import IOC, appimage_tool  # noqa: I001 - before pyepics: sets the CA 
 
 from tomocorioc.ioc import dbgen
 from tomocorioc.ioc.controller import Watchdog
+from tomocorioc.ioc.net import free_port
 from tomocorioc.sim import SimConfig, simulate_series
 
 REPO = Path(__file__).resolve().parent.parent
@@ -334,6 +335,35 @@ def test_servers_and_beacons_are_bound_to_the_configured_interface(site):
     wild = [c for c in conns if c.laddr.ip == "0.0.0.0"]
     assert len(wild) <= 1 and all(c.type == 2 and c.laddr.port not in served for c in wild)
 
+
+def test_beacons_go_to_the_repeater_port_and_a_missing_repeater_is_one_line(tmp_path):
+    """As in EPICS base, beacons default to EPICS_CA_REPEATER_PORT; nobody listening there is logged once."""
+    import socket
+    import struct
+    port = free_port()
+    data = tmp_path / "data"
+    data.mkdir()
+    ioc = IOC(tmp_path, data, env_extra={"EPICS_CA_REPEATER_PORT": str(port), "EPICS_CAS_BEACON_PERIOD": "0.5"})
+    ioc.start()
+    try:
+        deadline = time.monotonic() + 10
+        while "not delivered" not in ioc.log() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rep:
+            rep.bind(("127.0.0.1", port))
+            rep.settimeout(5)
+            while True:
+                msg = rep.recv(1024)
+                command, _, _, server_port = struct.unpack(">HHHH", msg[:8])
+                if command == 13 and server_port == ioc.ca_port:
+                    break
+        rep_closed_at = time.monotonic()
+        while time.monotonic() < rep_closed_at + 2:     # more refused beacons: still the one line
+            time.sleep(0.2)
+        text = ioc.log()
+        assert text.count("not delivered") == 1 and "Traceback" not in text, text
+    finally:
+        ioc.terminate()
 
 
 def test_the_ioc_process_never_loads_torch(site):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -70,9 +71,41 @@ class RobustContext(Context):
       every monitor of every client froze, for ever if the client died.  We
       drop that client's oldest queued update instead (caproto already
       prefers new news to old), so one bad client costs only itself.
+    * Beacons go to EPICS_CAS_BEACON_PORT, which EPICS base defaults to
+      EPICS_CA_REPEATER_PORT; caproto defaulted it to 5065 whatever the
+      repeater port.  A beacon that cannot be sent (no repeater listening on
+      a unicast address answers 'connection refused') is logged once per
+      address as one line, not as a traceback every other beacon.
     """
 
     CircuitClass = RobustCircuit
+
+    def __init__(self, pvdb: Dict[str, Any], interfaces: Optional[Any] = None) -> None:
+        # caproto reads the beacon port from the environment when it opens its sockets
+        repeater = os.environ.get("EPICS_CA_REPEATER_PORT")
+        if repeater and "EPICS_CAS_BEACON_PORT" not in os.environ:
+            os.environ["EPICS_CAS_BEACON_PORT"] = repeater
+        super().__init__(pvdb, interfaces)
+
+    async def broadcast_beacon_loop(self) -> None:
+        import caproto as ca
+        period, max_period = 0.02, float(self.environ["EPICS_CAS_BEACON_PERIOD"])   # CA spec: 20 ms, x2 back-off
+        warned = set()
+        while True:
+            for address, (interface, sock) in self.beacon_socks.items():
+                try:
+                    await sock.send(self.broadcaster.send(ca.Beacon(13, self.port, self.beacon_count, interface)))
+                except OSError as exc:   # CaprotoNetworkError is an OSError
+                    # A UDP send learns of an earlier ICMP 'port unreachable' only now, and the next
+                    # send succeeds again whether anyone listens or not: one line per address is all
+                    # the log can honestly say.
+                    (log.debug if address in warned else log.warning)(
+                        "CA beacons to %s:%s not delivered (%s): is a caRepeater running?",
+                        address[0], address[1], exc.__cause__ or exc)
+                    warned.add(address)
+            self.beacon_count += 1
+            period = min(max_period, period * 2)
+            await asyncio.sleep(period)
 
     async def _subscription_queue_send(self, sub_spec, sub, metadata, values, flags):
         circuit = sub.circuit
