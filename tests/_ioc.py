@@ -103,8 +103,8 @@ class IOC:
         cmd = self.command()
         self._log = open(self.log_path, "ab")
         # env_extra is for the server only: clients keep the session's CA repeater
-        self.proc = subprocess.Popen(cmd, env=dict(self.env, **self.env_extra), stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(cmd, env=dict(self.env, **self.env_extra), stdout=self._log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -73,8 +73,12 @@ def start_ca_repeater(env: Dict[str, str]) -> Optional[subprocess.Popen]:
     argv = _ca_repeater_argv()
     if argv is None:
         return None
-    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+    except OSError as exc:   # a broken install: CA works without a repeater, only reconnects are slower
+        log.warning("caRepeater not started (%s): %s", " ".join(argv), exc)
+        return None
     # Until it answers, a CA client starting now would find the port free and spawn its own.
     port = int(env.get("EPICS_CA_REPEATER_PORT") or 5065)
     if not repeater_answers(port, timeout=5.0):
@@ -92,7 +96,7 @@ def repeater_answers(port: int, timeout: float = 1.0) -> bool:
         while time.monotonic() < deadline:
             try:
                 sock.sendto(register, ("127.0.0.1", port))
-                while True:
+                while time.monotonic() < deadline:   # skip anything else it forwards (beacons)
                     if struct.unpack(">H", sock.recv(1024)[:2])[0] == 17:   # CA_PROTO_REPEATER_CONFIRM
                         return True
             except (socket.timeout, ConnectionRefusedError):
@@ -104,14 +108,16 @@ def stop_process(proc: Optional[subprocess.Popen], timeout: float = 5.0) -> None
     """SIGTERM the process group of ``proc`` (started in its own session), SIGKILL after ``timeout``."""
     if proc is None or proc.poll() is not None:
         return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout)
-    except ProcessLookupError:
-        pass
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:   # already gone
+            pass
+        try:
+            proc.wait(timeout)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 __all__ = ["free_port", "loopback_env", "repeater_answers", "start_ca_repeater", "stop_process"]
