@@ -201,7 +201,8 @@ def main() -> int:
     results: List[Result] = []
     with tempfile.TemporaryDirectory(prefix="bench_cluster_") as tmp, \
             LocalCluster(n_workers=a.workers, processes=True, threads_per_worker=1, resources={"GPU": 1},
-                         host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR) as cl:
+                         host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR,
+                         scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}) as cl:   # no fixed port 8787
         for rnd in range(1, a.rounds + 1):
             order = ("local", "cluster") if rnd % 2 else ("cluster", "local")
             for backend in order:
@@ -233,7 +234,8 @@ def main() -> int:
           "(client -> scheduler -> worker); Dask batches each of these streams for 2-10 ms.  The dispatcher "
           "releases a finished job's future only after the turn's new submissions, so the release does not hold "
           "the next submission behind the client's 10 ms batch.  For real phases (tens of seconds to minutes on "
-          "a GPU) a few milliseconds per job is well under 0.1 %.", "", f"Load average after the run: {', '.join(f'{x:.2f}' for x in os.getloadavg())} "
+          "a GPU) a few milliseconds per job is well under 0.1 %.", "",
+          f"Load average after the run: {', '.join(f'{x:.2f}' for x in os.getloadavg())} "
           f"({os.cpu_count()} cores; the machine is shared, so p99 and the later rounds are noisy).", ""]
     if a.out:
         a.out.write_text("\n".join(md))

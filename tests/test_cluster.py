@@ -32,12 +32,16 @@ from tomocorioc.dispatch.dask_worker import PathMap, RunnerCache, gpu_for  # noq
 
 TRIVIAL = "tomocorioc.dispatch.trivial:make_runner"
 TRY_ONLY = {"try": True, "infer": False, "full": False}
+# The scheduler's HTTP server (health and metrics routes) runs even without a dashboard, on port
+# 8787 unless told otherwise: a second cluster on the machine (two test runs at once) failed to start.
+HTTP_ANY_PORT = {"dashboard_address": "127.0.0.1:0"}
 
 
 @contextlib.contextmanager
 def local_cluster(n=2, **kw):
     with LocalCluster(n_workers=n, processes=True, threads_per_worker=1, resources={"GPU": 1}, host="127.0.0.1",
-                      dashboard_address=None, silence_logs=logging.CRITICAL, **kw) as cl:
+                      dashboard_address=None, scheduler_kwargs=HTTP_ANY_PORT, silence_logs=logging.CRITICAL,
+                      **kw) as cl:
         yield cl
 
 
@@ -139,7 +143,8 @@ def test_documented_worker_command_pins_one_gpu_per_worker_and_restarts_one(tmp_
         port = s.getsockname()[1]
     dask = [sys.executable, "-m", "dask"]
     log = open(tmp_path / "dask.log", "w")
-    procs = [subprocess.Popen(dask + ["scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+    procs = [subprocess.Popen(dask + ["scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard",
+                                      "--dashboard-address", "127.0.0.1:0"],
                               stdout=log, stderr=log, start_new_session=True)]
     try:
         procs.append(subprocess.Popen(
@@ -278,7 +283,7 @@ def test_path_map_and_a_file_the_worker_cannot_open(tmp_path):
 
 def test_scheduler_lost_requeues_running_jobs(tmp_path):
     cl = LocalCluster(n_workers=1, processes=True, threads_per_worker=1, resources={"GPU": 1}, host="127.0.0.1",
-                      dashboard_address=None, silence_logs=logging.CRITICAL)
+                      dashboard_address=None, scheduler_kwargs=HTTP_ANY_PORT, silence_logs=logging.CRITICAL)
     try:
         with Run(cl, tmp_path, {"l_1.h5": {"action": "sleep", "seconds": 2.0}}, retries=1) as r:
             assert wait_for(lambda: r.state(0) is S.RUNNING, 30)
@@ -386,7 +391,7 @@ def test_ioc_with_cluster_shows_the_workers_and_runs_the_pipeline(tmp_path):
     truth = simulate_series(data, SimConfig(ncols=64, nrows=4, nproj=61, noise=20000, phantom="beads", offset=1.5,
                                             seed=4), 2, name="c")
     with LocalCluster(n_workers=2, processes=True, threads_per_worker=1, resources={"GPU": 1}, host="127.0.0.1",
-                      dashboard_address=None) as cluster:
+                      dashboard_address=None, scheduler_kwargs=HTTP_ANY_PORT) as cluster:
         ioc = IOC(tmp_path, data, extra=["--cluster", cluster.scheduler_address])
         try:
             ioc.start()
@@ -421,7 +426,7 @@ def test_run_cli_with_cluster_and_its_usage_errors(tmp_path):
     bad = subprocess.run(base + ["--path-map", "/data=/mnt/data"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--path-map needs --cluster" in bad.stderr
     with LocalCluster(n_workers=1, processes=True, threads_per_worker=1, resources={"GPU": 1}, host="127.0.0.1",
-                      dashboard_address=None) as cluster:
+                      dashboard_address=None, scheduler_kwargs=HTTP_ANY_PORT) as cluster:
         out = subprocess.run(base + ["--cluster", cluster.scheduler_address], capture_output=True, text=True,
                              timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
