@@ -15,14 +15,24 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Set
 
 import pytest
 
-from tomocorioc.ioc.net import free_port as _free_port
+from tomocorioc.ioc.net import free_ports
+
+# Every port this session hands out, so no two of its servers are ever given the same one.
+_TAKEN: Set[int] = {int(os.environ.get("EPICS_CA_REPEATER_PORT") or 5065)}
 
 
-CA_PORTS: List[int] = [_free_port() for _ in range(4)]
+def session_ports(n: int) -> List[int]:
+    """``n`` free loopback ports that no other server of this test session was given."""
+    ports = free_ports(n, avoid=_TAKEN)
+    _TAKEN.update(ports)
+    return ports
+
+
+CA_PORTS: List[int] = session_ports(4)
 _next_port = itertools.cycle(CA_PORTS)
 os.environ["EPICS_CA_ADDR_LIST"] = " ".join(f"127.0.0.1:{p}" for p in CA_PORTS)
 os.environ["EPICS_CA_AUTO_ADDR_LIST"] = "NO"
@@ -59,7 +69,7 @@ class IOC:
         self.tmp, self.data_root = tmp, data_root
         self.state = state or tmp / "state"
         self.ca_port = ca_port or next(_next_port)
-        self.pva_port, self.pva_bcast = _free_port(), _free_port()
+        self.pva_port, self.pva_bcast = session_ports(2)
         self.extra = list(extra or [])
         self.proc: Optional[subprocess.Popen] = None
         self.log_path = tmp / f"ioc-{self.prefix.strip(':')}.log"

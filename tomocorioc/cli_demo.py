@@ -23,8 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from .ioc.net import free_port as _free_port
-from .ioc.net import loopback_env, start_ca_repeater, stop_process
+from .ioc.net import free_ports, loopback_env, start_ca_repeater, stop_process
 
 IOC_PREFIX = "TomoCorDemo:"
 SCANNER_PREFIX = "TomoScanDemo:"
@@ -100,10 +99,11 @@ class _Demo:
 
     # -- steps ---------------------------------------------------------------------------
     def start(self) -> None:
-        ca = [_free_port(), _free_port()]
-        loop_env = loopback_env(ca, _free_port(), _free_port())
+        ioc_ca, scanner_ca, pva, pva_bcast, repeater = free_ports(5)
+        ca = [ioc_ca, scanner_ca]
+        loop_env = loopback_env(ca, pva, pva_bcast)
         # Our own repeater, detached from our stdout: one libca spawned would hold `demo | tee`'s pipe.
-        own = dict(loop_env, EPICS_CA_REPEATER_PORT=str(_free_port()))
+        own = dict(loop_env, EPICS_CA_REPEATER_PORT=str(repeater))
         env = dict(os.environ, **own, CUDA_VISIBLE_DEVICES=os.environ.get("CUDA_VISIBLE_DEVICES", ""))
         os.environ.update(own)   # this process's pyepics reads it at its first channel
         self.repeater = start_ca_repeater(env)

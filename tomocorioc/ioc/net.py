@@ -10,24 +10,49 @@ import struct
 import subprocess
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Iterable, List, Optional
 
 log = logging.getLogger(__name__)
 
 
-def free_port() -> int:
-    """A loopback port free for both TCP and UDP (CA and PVA use both on the same number)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+def free_ports(n: int, avoid: Iterable[int] = ()) -> List[int]:
+    """``n`` distinct loopback ports, each free for both TCP and UDP (CA and PVA use both on one number).
+
+    The sockets are held until all ``n`` are chosen, so the kernel cannot hand
+    out one port twice (it did: two servers of one test session then shared a
+    CA port).  Ports in ``avoid`` (already given to someone) are skipped.
+    """
+    held: List[socket.socket] = []
+    ports: List[int] = []
+    skip = set(avoid)
+    try:
+        for _ in range(50 * n):
+            if len(ports) == n:
+                break
+            t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            held.append(t)
             t.bind(("127.0.0.1", 0))
             port = t.getsockname()[1]
+            if port in skip:
+                continue
+            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            held.append(u)
             try:
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                    u.bind(("127.0.0.1", port))
+                u.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return port
-    raise RuntimeError("no free loopback port")
+            ports.append(port)
+    finally:
+        for sock in held:
+            sock.close()
+    if len(ports) < n:
+        raise RuntimeError(f"only {len(ports)} of {n} free loopback ports found")
+    return ports
+
+
+def free_port() -> int:
+    """One loopback port free for both TCP and UDP."""
+    return free_ports(1)[0]
 
 
 def loopback_env(ca_ports: List[int], pva_port: int, pva_bcast: int) -> Dict[str, str]:
@@ -120,4 +145,4 @@ def stop_process(proc: Optional[subprocess.Popen], timeout: float = 5.0) -> None
             continue
 
 
-__all__ = ["free_port", "loopback_env", "repeater_answers", "start_ca_repeater", "stop_process"]
+__all__ = ["free_port", "free_ports", "loopback_env", "repeater_answers", "start_ca_repeater", "stop_process"]
