@@ -30,7 +30,7 @@ from .recon.preprocess import preprocess
 
 log = logging.getLogger(__name__)
 
-RUN_PHASES = PHASES + ("tomolog",)  # tomolog runs in the service's worker, not in Pipeline
+OPTION_PHASES = PHASES + ("tomolog",)  # what RunOptions accepts: tomolog runs in the service's worker, not in Pipeline
 # Errors that fail one file and let the others go on.  Anything else is a bug
 # and should surface with a traceback.
 FILE_ERRORS = (DatasetError, ReconError, ParamError, ValueError, OSError, RuntimeError, MemoryError, KeyError)
@@ -73,9 +73,9 @@ class RunOptions:
     agree_tolerance: float = 2.0
 
     def __post_init__(self) -> None:
-        bad = [p for p in self.phases if p not in RUN_PHASES]
+        bad = [p for p in self.phases if p not in OPTION_PHASES]
         if bad or not self.phases:
-            raise ParamError(f"phases must be a non-empty subset of {','.join(RUN_PHASES)}; "
+            raise ParamError(f"phases must be a non-empty subset of {','.join(OPTION_PHASES)}; "
                              f"got {','.join(self.phases)}")
         if self.cor_method not in COR_METHODS:
             raise ParamError(f"cor method must be one of {', '.join(COR_METHODS)}, got {self.cor_method!r}")

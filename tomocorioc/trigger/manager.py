@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..core.scanwatch import Action, ActionKind, LinkState, ScanEndDetector, Stability
 
@@ -52,7 +52,7 @@ def check_complete(path: str) -> Optional[str]:
     return inspect_file(path)[1]
 
 
-def inspect_file(path: str) -> tuple:
+def inspect_file(path: str) -> Tuple[bool, Optional[str]]:
     """``(short, reason)``: reason None when complete; ``short`` True when the file opens with fewer
     projections than tomoScan planned (an aborted scan, once its size is stable)."""
     from ..data.dxfile import DXFile
