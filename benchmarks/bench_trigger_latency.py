@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Dict, List
 
 from tomocorioc.cli_demo import IOC_PREFIX, SCANNER_PREFIX, _Proc
-from tomocorioc.ioc.net import free_ports
+from tomocorioc.ioc.net import free_ports, start_ca_repeater, stop_process
 from tomocorioc.ioc.net import loopback_env
 
 
@@ -58,11 +58,13 @@ def main() -> int:
     out = Path(tempfile.mkdtemp(prefix="bench-trigger-"))
     data = out / "data"
     data.mkdir()
-    ioc_ca, sim_ca, pva, bcast = free_ports(4)   # together: one at a time they can repeat
+    ioc_ca, sim_ca, pva, bcast, repeater = free_ports(5)   # together: one at a time they can repeat
     ca = [ioc_ca, sim_ca]
-    loop_env = loopback_env(ca, pva, bcast)
+    # a private caRepeater, as the demo does: one libca spawned would outlive the run and hold our stdout
+    loop_env = dict(loopback_env(ca, pva, bcast), EPICS_CA_REPEATER_PORT=str(repeater))
     env = dict(os.environ, **loop_env, CUDA_VISIBLE_DEVICES="")
     os.environ.update(loop_env)
+    repeater_proc = start_ca_repeater(env)
     import epics
     py = [sys.executable, "-m", "tomocorioc"]
     procs = [
@@ -138,6 +140,7 @@ def main() -> int:
             m.disconnect()
         for p in reversed(procs):
             p.stop()
+        stop_process(repeater_proc)
 
 
 if __name__ == "__main__":
