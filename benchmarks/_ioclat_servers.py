@@ -33,7 +33,7 @@ class HarnessError(RuntimeError):
 def server_main(kind: str, prefix: str) -> int:
     """A minimal PVGroup (two floats) on stock caproto, on RobustContext, or a diagnostic variant."""
     if kind == "robust":
-        from tomocorioc.ioc.serve import configure_network   # before caproto is imported (env read at import)
+        from tomocorioc.ioc.serve import configure_network  # before caproto is imported (env read at import)
         configure_network(["127.0.0.1"])
     elif kind == "stock-hl":
         os.environ["CAPROTO_SERVER_HIGH_LOAD_TIMEOUT_SEC"] = "0.001"

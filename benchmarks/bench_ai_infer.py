@@ -116,7 +116,7 @@ def persistent_worker(checkpoint: str, dtype: str, device: str = "cpu") -> None:
     """tomocorioc's way: load once, then score every folder sent on stdin."""
     t0 = time.perf_counter()
     sys.path.insert(0, str(REPO))
-    from tomocorioc.ai import AIScorer
+    from tomocorioc.worker.ai import AIScorer
 
     # "<dtype>-raw": low precision without the float32 re-scoring of contenders
     raw = dtype.endswith("-raw")
@@ -159,7 +159,7 @@ def make_stacks(root: Path, fixture: Path, n_files: int, n_cand: int, seed: int 
 def make_vitb(path: Path) -> Path:
     """Random ViT-B/14 @ 518 (embed 768, depth 12) classifier in the tomocor format."""
     sys.path.insert(0, str(REPO))
-    from tomocorioc.ai.checkpoint import random_tomocor_model, save_tomocor_checkpoint
+    from tomocorioc.worker.ai.checkpoint import random_tomocor_model, save_tomocor_checkpoint
 
     return save_tomocor_checkpoint(random_tomocor_model(768, 12, img_size=518, patch_size=14, seed=1), path)
 
@@ -220,8 +220,8 @@ def compute_interleaved(ckpt: Path, folder: Path, n_cand: int, device: str = "cp
     import torch
 
     sys.path.insert(0, str(REPO))
-    from tomocorioc.ai import AIScorer
-    from tomocorioc.ai import preprocess as pp
+    from tomocorioc.worker.ai import AIScorer
+    from tomocorioc.worker.ai import preprocess as pp
 
     s32 = AIScorer(ckpt, device=device, dtype="float32")
     sbf = AIScorer(ckpt, device=device, dtype="bfloat16", refine=False)

@@ -32,10 +32,10 @@ import distributed
 from distributed import LocalCluster
 
 from tomocorioc.core.queue import JobQueue
-from tomocorioc.dispatch.cluster import ClusterDispatcher
-from tomocorioc.dispatch.dispatcher import Dispatcher, SlotSpec
+from tomocorioc.service.cluster import ClusterDispatcher
+from tomocorioc.service.local import Dispatcher, SlotSpec
 
-TRIVIAL = "tomocorioc.dispatch.trivial:make_runner"
+TRIVIAL = "tomocorioc.testing.trivial_runner:make_runner"
 ONLY_TRY = {"try": True, "infer": False, "full": False}
 log = logging.getLogger("bench_cluster")
 

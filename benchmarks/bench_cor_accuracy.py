@@ -9,7 +9,7 @@ true COR is read back from ``truth.json``), then
   the default classical metric, no dezinger, no ring removal);
 * algotom's ``find_center_vo`` runs on the very sinogram row the try used
   (row ``round(0.5 * (nrows - 1))``, dark/flat-normalised and ``-log`` by
-  ``tomocorioc.recon.preprocess``), searching the same +-50 px window around
+  ``tomocorioc.worker.recon.preprocess``), searching the same +-50 px window around
   ``width / 2``.  algotom puts pixel ``j``'s centre at coordinate ``j`` (its
   centred axis is ``(width - 1) / 2``, see ``calculate_center_metric`` in
   ``algotom/prep/calculation.py``); tomocorioc's pixel ``j`` covers
@@ -20,7 +20,7 @@ true COR is read back from ``truth.json``), then
   the COR each ``--metric`` would have picked, without re-running the try.
 
 The JSON line also carries tomocorioc's own sinogram estimate (``estimate``,
-``tomocorioc.cor.vo``), reported as a third method.
+``tomocorioc.worker.cor.vo``), reported as a third method.
 
 A failure is an error or |error| > 2 px.  Goal (issue): >= 95 % within 0.5 px,
 no failure, better than the Vo baseline.
@@ -45,12 +45,12 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+from _common import load_average, machine_description  # this folder is on sys.path (run as a script)
 
-from _common import load_average, machine_description   # this folder is on sys.path (run as a script)
 from tomocorioc.core import layout
 from tomocorioc.core.cor import choose
-from tomocorioc.cor import classical
 from tomocorioc.sim import SimConfig, read_truth, simulate_scan
+from tomocorioc.worker.cor import classical
 
 SEARCH_WIDTH = 50.0  # the CLI default, used for algotom's window too
 FAIL_PX = 2.0
@@ -143,7 +143,7 @@ class ScanResult:
     cli_error: Optional[str] = None
     confidence: Optional[float] = None
     needs_review: bool = False
-    estimate: Optional[float] = None        # tomocorioc.cor.vo, from the JSON line
+    estimate: Optional[float] = None        # tomocorioc.worker.cor.vo, from the JSON line
     algotom: Optional[float] = None
     algotom_error: Optional[str] = None
     metrics: Dict[str, float] = field(default_factory=dict)
@@ -156,8 +156,9 @@ class ScanResult:
 def try_row_sinogram(path: Path) -> np.ndarray:
     """The normalised -log sinogram row the try phase reconstructs (default --nsino 0.5, no dezinger)."""
     import torch
+
     from tomocorioc.data.dxfile import DXFile
-    from tomocorioc.recon.preprocess import preprocess
+    from tomocorioc.worker.recon.preprocess import preprocess
     with DXFile(path) as scan:
         row = scan.row_index(0.5)
         block = scan.read_rows(row, row + 1)
@@ -321,7 +322,7 @@ def print_tables(results: List[ScanResult], default_metric: str) -> None:
     methods = [
         (f"tomocorioc run --phases try,infer (metric {default_metric})", [err(r.cli, r.truth) for r in results]),
         ("algotom find_center_vo (same row, same +-50 px window)", [err(r.algotom, r.truth) for r in results]),
-        ("tomocorioc.cor.vo estimate (JSON 'estimate')", [err(r.estimate, r.truth) for r in results]),
+        ("tomocorioc.worker.cor.vo estimate (JSON 'estimate')", [err(r.estimate, r.truth) for r in results]),
     ]
     print(f"\nSummary over {len(results)} scans (failure = error or |err| > {FAIL_PX:g} px)\n")
     _summary_table(methods)

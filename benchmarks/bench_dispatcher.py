@@ -18,7 +18,7 @@ import time
 from typing import Dict, List, Tuple
 
 from tomocorioc.core.queue import JobQueue
-from tomocorioc.dispatch.dispatcher import Dispatcher, SlotSpec
+from tomocorioc.service.local import Dispatcher, SlotSpec
 
 CHILD = "import sys, time; t=time.time(); time.sleep(float(sys.argv[1])); print(t, time.time())"
 
@@ -27,7 +27,7 @@ def run_dispatcher(jobs: int, slots: int, seconds: float) -> Tuple[float, List[f
     """(wall s, latencies s, utilisation) for the dispatcher with persistent workers."""
     q = JobQueue()
     results: Dict[str, List[Tuple[float, float]]] = {}
-    d = Dispatcher(q, [SlotSpec(f"s{i}") for i in range(slots)], "tomocorioc.dispatch.trivial:make_runner", {},
+    d = Dispatcher(q, [SlotSpec(f"s{i}") for i in range(slots)], "tomocorioc.testing.trivial_runner:make_runner", {},
                    lambda row, phase: {"action": "sleep", "seconds": seconds})
     q._on_change = lambda *a: d.wake()
     # Collect the worker's own time stamps from the result messages.

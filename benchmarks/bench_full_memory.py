@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from _common import machine_description   # this folder is on sys.path (run as a script)
+from _common import machine_description  # this folder is on sys.path (run as a script)
+
 from tomocorioc.core import layout
 from tomocorioc.sim import SimConfig
 
@@ -40,7 +41,7 @@ import json, sys, time
 from pathlib import Path
 from tomocorioc.core.params import ReconParams
 from tomocorioc.data.dxfile import DXFile
-from tomocorioc.recon.torch_backend import TorchBackend
+from tomocorioc.worker.recon.torch_backend import TorchBackend
 path, rows, cor, fmt, out = Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4], sys.argv[5]
 backend = TorchBackend(device="cpu")
 t0 = time.perf_counter()

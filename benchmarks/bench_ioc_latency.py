@@ -82,10 +82,20 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 # Helper modules next to this file (the script's folder is on sys.path when run as a script).
-from _ioclat_clients import (CaClients, Child, client_main, client_port, fill_send_queues, parse_camonitor,
-                             wait_values)
-from _ioclat_servers import (HarnessError, Procs, Server, find_apprun, launch_servers, log_errors, machine_info,
-                             server_main, stop_servers, tracebacks)
+from _ioclat_clients import CaClients, Child, client_main, client_port, fill_send_queues, parse_camonitor, wait_values
+from _ioclat_servers import (
+    HarnessError,
+    Procs,
+    Server,
+    find_apprun,
+    launch_servers,
+    log_errors,
+    machine_info,
+    server_main,
+    stop_servers,
+    tracebacks,
+)
+
 from tomocorioc.ioc.net import free_port
 
 ALL_SERVERS = ("tomocorioc", "robust", "stock", "softioc", "stock-nodelay", "stock-hl")

@@ -31,9 +31,8 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-from tomocorioc.cli_demo import IOC_PREFIX, SCANNER_PREFIX, _Proc
-from tomocorioc.ioc.net import free_ports, start_ca_repeater, stop_process
-from tomocorioc.ioc.net import loopback_env
+from tomocorioc.cli.demo import IOC_PREFIX, SCANNER_PREFIX, _Proc
+from tomocorioc.ioc.net import free_ports, loopback_env, start_ca_repeater, stop_process
 
 
 def _stamp_monitor(pvname: str, events: List[tuple], lock: threading.Lock):

@@ -25,7 +25,7 @@ seconds are not comparable between runs.  Optional diagnostic rows time
 tomocorioc with a forced batch size (``--batch-sweep``), after the others.
 
 Accuracy: for a few centres the tomocorioc try images are compared with
-``tomocorioc.recon.reference.reference_fbp`` (plain float64 numpy, one angle at
+``tomocorioc.worker.recon.reference.reference_fbp`` (plain float64 numpy, one angle at
 a time): max |torch - reference| / max |reference|.
 
 Usage: ``python benchmarks/bench_try_grid.py [--quick]``.
@@ -42,13 +42,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from _common import load_average, machine_description  # this folder is on sys.path (run as a script)
 
-from _common import load_average, machine_description   # this folder is on sys.path (run as a script)
 from tomocorioc.core import layout
-from tomocorioc.recon import fbp
-from tomocorioc.recon.reference import reference_fbp
-from tomocorioc.recon.torch_backend import TorchBackend
 from tomocorioc.sim import make_phantom, normalised, project
+from tomocorioc.worker.recon import fbp
+from tomocorioc.worker.recon.reference import reference_fbp
+from tomocorioc.worker.recon.torch_backend import TorchBackend
 
 FILTER = "parzen"          # tomocorioc's default FBP filter
 SEARCH_WIDTH = 50.0        # CLI default --search-width

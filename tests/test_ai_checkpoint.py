@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from _fixtures import fixture_dir
-from tomocorioc.ai import CheckpointError, load_checkpoint
-from tomocorioc.ai.checkpoint import random_tomocor_model, save_tomocor_checkpoint
+
+from tomocorioc.worker.ai import CheckpointError, load_checkpoint
+from tomocorioc.worker.ai.checkpoint import random_tomocor_model, save_tomocor_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,9 @@ the plumbing and the files written, not the accuracy.
 import json
 
 import pytest
-
 from _fixtures import fixture_dir
 from test_pipeline_cli import FAST, SMALL, run_cli
+
 from tomocorioc.core import layout
 from tomocorioc.sim import SimConfig, simulate_series
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tomocorioc.ai import preprocess as pp
+from tomocorioc.worker.ai import preprocess as pp
 
 CPU = torch.device("cpu")
 

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from tomocorioc.ai.ranking import confidence_of, margins_of, rank
+from tomocorioc.worker.ai.ranking import confidence_of, margins_of, rank
 
 
 def test_rank_by_float64_margin_not_saturated_float32_score():

@@ -7,11 +7,11 @@ import shutil
 import numpy as np
 import pytest
 import tifffile
-
 from _fixtures import fixture_dir
-from tomocorioc.ai import AIInputError, AIScorer, clear_scorer_cache, get_scorer
-from tomocorioc.ai.checkpoint import random_tomocor_model, save_tomocor_checkpoint
+
 from tomocorioc.core.layout import try_slice_name
+from tomocorioc.worker.ai import AIInputError, AIScorer, clear_scorer_cache, get_scorer
+from tomocorioc.worker.ai.checkpoint import random_tomocor_model, save_tomocor_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -164,8 +164,8 @@ def test_bf16_stack_end_to_end(tiny_ckpt):
 def test_device_dtype_and_batch_resolution(tiny_ckpt):
     import torch
 
-    from tomocorioc.ai.model import ArchInfo
-    from tomocorioc.ai.scorer import batch_for_memory, resolve_device, resolve_dtype
+    from tomocorioc.worker.ai.model import ArchInfo
+    from tomocorioc.worker.ai.scorer import batch_for_memory, resolve_device, resolve_dtype
 
     assert resolve_dtype("float32", torch.device("cpu")) is torch.float32
     assert resolve_dtype("bf16", torch.device("cpu")) is torch.bfloat16
@@ -188,7 +188,7 @@ def test_device_dtype_and_batch_resolution(tiny_ckpt):
 def test_fp32_pass_disables_tf32_on_cuda_and_restores():
     import torch
 
-    from tomocorioc.ai.scorer import ieee_fp32
+    from tomocorioc.worker.ai.scorer import ieee_fp32
 
     if not hasattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision"):
         pytest.skip("torch < 2.9 has no fp32_precision flags")

@@ -26,11 +26,12 @@ from distributed import Client, LocalCluster  # noqa: E402
 
 from tomocorioc.core.jobs import PhaseState as S  # noqa: E402
 from tomocorioc.core.params import ReconParams  # noqa: E402
+from tomocorioc.core.pathmap import PathMap  # noqa: E402
 from tomocorioc.core.queue import JobQueue  # noqa: E402
-from tomocorioc.dispatch.cluster import ClusterDispatcher  # noqa: E402
-from tomocorioc.dispatch.dask_worker import PathMap, RunnerCache, gpu_for  # noqa: E402
+from tomocorioc.service.cluster import ClusterDispatcher  # noqa: E402
+from tomocorioc.worker.dask_plugin import RunnerCache, gpu_for  # noqa: E402
 
-TRIVIAL = "tomocorioc.dispatch.trivial:make_runner"
+TRIVIAL = "tomocorioc.testing.trivial_runner:make_runner"
 TRY_ONLY = {"try": True, "infer": False, "full": False}
 # The scheduler's HTTP server (health and metrics routes) runs even without a dashboard, on port
 # 8787 unless told otherwise: a second cluster on the machine (two test runs at once) failed to start.
@@ -113,7 +114,7 @@ def worker_of(cl, row_id):
 
 def test_flow_in_phase_order_model_cache_and_gpu_pinning(tmp_path):
     env = {"TOMOCORIOC_GPU_LIST": "7,5"}
-    with local_cluster(2, preload=["tomocorioc.dispatch.dask_worker"], env=env) as cl, \
+    with local_cluster(2, preload=["tomocorioc.worker.dask_plugin"], env=env) as cl, \
             Run(cl, tmp_path, {f"a_{i}.h5": {"action": "sleep", "seconds": 0.05} for i in range(6)},
                 phases={"try": True, "infer": True, "full": True}) as r:
         assert wait_for(lambda: r.q.idle(), 60)
@@ -149,7 +150,7 @@ def test_documented_worker_command_pins_one_gpu_per_worker_and_restarts_one(tmp_
     try:
         procs.append(subprocess.Popen(
             dask + ["worker", f"tcp://127.0.0.1:{port}", "--nworkers", "2", "--nthreads", "1", "--resources", "GPU=1",
-                    "--memory-limit", "0", "--name", "h-gpu", "--preload", "tomocorioc.dispatch.dask_worker",
+                    "--memory-limit", "0", "--name", "h-gpu", "--preload", "tomocorioc.worker.dask_plugin",
                     "--host", "127.0.0.1", "--no-dashboard"],
             env=dict(os.environ, TOMOCORIOC_GPU_LIST="3,4"), stdout=log, stderr=log, start_new_session=True))
         cl = types.SimpleNamespace(scheduler_address=f"tcp://127.0.0.1:{port}")
@@ -338,7 +339,7 @@ def test_path_map_and_gpu_pinning_rules():
 
 def test_service_runs_the_phases_on_the_cluster(tmp_path):
     from tomocorioc.core import layout
-    from tomocorioc.service import Service, ServiceSettings
+    from tomocorioc.service.service import Service, ServiceSettings
     from tomocorioc.sim import SimConfig, simulate_scan
     data = tmp_path / "data"
     data.mkdir()

@@ -6,9 +6,9 @@ import pytest
 
 from tomocorioc.core.jobs import PhaseState as S
 from tomocorioc.core.queue import JobQueue
-from tomocorioc.dispatch.dispatcher import Dispatcher, SlotSpec, slots_for
+from tomocorioc.service.local import Dispatcher, SlotSpec, slots_for
 
-TRIVIAL = "tomocorioc.dispatch.trivial:make_runner"
+TRIVIAL = "tomocorioc.testing.trivial_runner:make_runner"
 
 
 def make(jobs, nslots=2, timeouts=None, retries=0, events=None):

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from tomocorioc.recon import fbp
-from tomocorioc.recon.reference import reference_fbp
+from tomocorioc.worker.recon import fbp
+from tomocorioc.worker.recon.reference import reference_fbp
 
 
 def disk_sinogram(n, nproj, cor, disks, endpoint=False):

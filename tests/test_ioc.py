@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from _ioc import IOC, appimage_tool, session_ports  # noqa: I001 - before pyepics: sets the CA address list
 
 from tomocorioc.ioc import dbgen
@@ -39,13 +38,13 @@ def test_watchdog_counts_down_when_the_heartbeat_stops():
 
 def test_server_running_falls_when_the_dispatcher_stalls(tmp_path):
     """In-process: the dispatcher thread blocked on the queue lock -> ServerRunning 'Stopped' within 5 s."""
-    from tomocorioc.dispatch.dispatcher import SlotSpec
     from tomocorioc.ioc.ca_server import build_group
     from tomocorioc.ioc.controller import Controller
-    from tomocorioc.service import Service
+    from tomocorioc.service.local import SlotSpec
+    from tomocorioc.service.service import Service
 
     svc = Service(tmp_path / "state", [SlotSpec("cpu0", {"CUDA_VISIBLE_DEVICES": ""})],
-                  factory="tomocorioc.dispatch.trivial:make_runner")
+                  factory="tomocorioc.testing.trivial_runner:make_runner")
     group = build_group("W:", Controller(svc, [tmp_path]), None)
     svc.start()
     seen = []

@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from tomocorioc.cor import classical
-from tomocorioc.cor.vo import find_center_vo
-from tomocorioc.recon import preprocess as pp
 from tomocorioc.sim import make_phantom, project
+from tomocorioc.worker.cor import classical
+from tomocorioc.worker.cor.vo import find_center_vo
+from tomocorioc.worker.recon import preprocess as pp
 
 
 def test_normalize_and_log_are_safe():
@@ -79,8 +79,8 @@ def test_vo_refuses_a_border_minimum_instead_of_guessing(tmp_path):
     grid stays centred and the image metric finds the COR."""
     from tomocorioc.core.params import ReconParams
     from tomocorioc.data.dxfile import DXFile
-    from tomocorioc.pipeline import sinogram_estimate
     from tomocorioc.sim import SimConfig, simulate_scan
+    from tomocorioc.worker.pipeline import sinogram_estimate
     f = tmp_path / "rock_0001.h5"
     simulate_scan(f, SimConfig(ncols=512, nrows=4, nproj=360, phantom="rock", noise=2000, zingers=0.0005,
                                offset=-9.7, seed=1))

@@ -3,7 +3,8 @@ import pytest
 
 from tomocorioc.core.jobs import PhaseState as S
 from tomocorioc.core.jobs import Row, TransitionError, transition
-from tomocorioc.core.queue import JobQueue, Outcome, QueueError
+from tomocorioc.core.queue import JobQueue, QueueError
+from tomocorioc.core.result import PhaseResult
 
 
 def mk(n=3, **kw):
@@ -16,7 +17,7 @@ def mk(n=3, **kw):
 def run_phase(q, ok=True, **out):
     rid, ph = q.next_job()
     q.start(rid, ph)
-    q.finish(rid, ph, Outcome(ok, **out))
+    q.finish(rid, ph, PhaseResult(ok, **out))
     return rid, ph
 
 
@@ -45,10 +46,10 @@ def test_per_file_flow_not_barriers():
     assert q.next_job() == (ids[0], "try")
     q.start(ids[0], "try")
     assert q.next_job() == (ids[1], "try")   # another slot takes file 2's try
-    q.finish(ids[0], "try", Outcome(True))
+    q.finish(ids[0], "try", PhaseResult(True))
     assert q.next_job() == (ids[0], "infer")
     q.start(ids[0], "infer")
-    q.finish(ids[0], "infer", Outcome(True, cor=12.5, cor_source="classical", confidence=0.9))
+    q.finish(ids[0], "infer", PhaseResult(True, cor=12.5, cor_source="classical", confidence=0.9))
     assert q.next_job() == (ids[0], "full")  # before file 2's try even started
     assert q.row(ids[0]).cor == 12.5
 
@@ -141,7 +142,7 @@ def test_late_results_ignored():
     q, ids, _ = mk(1)
     q.start(*q.next_job())
     q.abort()
-    q.finish(ids[0], "try", Outcome(True))  # arrives after the abort: ignored
+    q.finish(ids[0], "try", PhaseResult(True))  # arrives after the abort: ignored
     assert q.row(ids[0]).state["try"] is S.CANCELLED
 
 
@@ -151,7 +152,7 @@ def test_series_barrier_holds_full_until_fixed():
     for _ in range(4):  # try+infer of both
         rid, ph = q.next_job()
         q.start(rid, ph)
-        q.finish(rid, ph, Outcome(True, cor=10.0) if ph == "infer" else Outcome(True))
+        q.finish(rid, ph, PhaseResult(True, cor=10.0) if ph == "infer" else PhaseResult(True))
     assert q.next_job() is None
     assert q.series_awaiting_fix() == [q.row(ids[0]).series]
     q.release_series(q.row(ids[0]).series)

@@ -3,8 +3,8 @@ import h5py
 import numpy as np
 
 from tomocorioc.core.scanwatch import ActionKind, LinkState, ScanEndDetector, Stability, as_text, busy_value
+from tomocorioc.service.trigger.manager import check_complete, inspect_file
 from tomocorioc.sim import SimConfig, simulate_scan
-from tomocorioc.trigger.manager import check_complete, inspect_file
 
 
 def connect(d, start=0, status="Scan complete", name="/data/s_0001.h5", t=0.0):
@@ -128,7 +128,7 @@ def test_folder_watch_sees_new_scan_files_with_events_and_with_polling(tmp_path)
     import queue as q
     import time
 
-    from tomocorioc.trigger.folder import FolderWatch
+    from tomocorioc.service.trigger.folder import FolderWatch
     for poll in (False, True):
         folder = tmp_path / f"poll{int(poll)}"
         folder.mkdir()

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Dict, Iterator, List
 
 import pytest
-
 from _ioc import IOC
+
 from tomocorioc.ioc import screens
 from tomocorioc.ioc.pvdefs import ROW_STATUSES, by_name, pv_table
 

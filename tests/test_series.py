@@ -10,10 +10,17 @@ import h5py
 import numpy as np
 import pytest
 
+from tomocorioc.cli.series import add_fix_outliers_arguments, run_fix_outliers
 from tomocorioc.core import series as S
-from tomocorioc.core.series import (ScanSize, SkipDecision, find_undersized, fix_cor_outliers, outlier_threshold,
-                                    read_scan_size, series_key, undersized_scans)
-from tomocorioc.series_command import add_fix_outliers_arguments, run_fix_outliers
+from tomocorioc.core.series import (
+    ScanSize,
+    SkipDecision,
+    fix_cor_outliers,
+    outlier_threshold,
+    series_key,
+    undersized_scans,
+)
+from tomocorioc.data.scansize import find_undersized, read_scan_size
 
 
 def table(cors, name="sample", selected=None, start=1):

@@ -11,12 +11,12 @@ import pytest
 
 from tomocorioc.core import sidecar
 from tomocorioc.core.params import ReconParams
-from tomocorioc.dispatch.dispatcher import SlotSpec
-from tomocorioc.service import Service, ServiceSettings
+from tomocorioc.service.local import SlotSpec
+from tomocorioc.service.service import Service, ServiceSettings
 from tomocorioc.sim import SimConfig, simulate_series
 
 SMALL = dict(ncols=96, nrows=6, nproj=91, noise=20000, phantom="beads")
-TRIVIAL = "tomocorioc.dispatch.trivial:make_runner"
+TRIVIAL = "tomocorioc.testing.trivial_runner:make_runner"
 
 
 def test_sigkill_mid_run_then_restart_loses_nothing(tmp_path):

@@ -10,7 +10,6 @@ from typing import Callable, List, Optional, Tuple
 import h5py
 import numpy as np
 import pytest
-
 from _ioc import SimTomoScan  # noqa: I001 - before pyepics: sets the CA address list
 
 from tomocorioc.data.dxfile import DXFile

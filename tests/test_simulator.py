@@ -10,9 +10,24 @@ import h5py
 import numpy as np
 import pytest
 
-from tomocorioc.sim import (PHANTOMS, Cylinder, Ellipsoid, Phantom, SimConfig, add_simulate_arguments,
-                            build_phantom, evaluate, line_integrals, make_phantom, merge_truth, project, read_truth,
-                            run_simulate, simulate_scan, simulate_series)
+from tomocorioc.sim import (
+    PHANTOMS,
+    Cylinder,
+    Ellipsoid,
+    Phantom,
+    SimConfig,
+    add_simulate_arguments,
+    build_phantom,
+    evaluate,
+    line_integrals,
+    make_phantom,
+    merge_truth,
+    project,
+    read_truth,
+    run_simulate,
+    simulate_scan,
+    simulate_series,
+)
 
 SMALL = dict(ncols=64, nrows=4, nproj=31, nflat=3, ndark=2)
 

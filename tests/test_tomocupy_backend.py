@@ -17,8 +17,8 @@ import pytest
 
 from tomocorioc.core import layout
 from tomocorioc.core.params import ReconParams
-from tomocorioc.recon.base import ReconError
-from tomocorioc.recon.tomocupy_backend import TomocupyBackend, full_command, try_command
+from tomocorioc.worker.recon.base import ReconError
+from tomocorioc.worker.recon.tomocupy_backend import TomocupyBackend, full_command, try_command
 
 STANDIN = textwrap.dedent('''\
     #!{python}

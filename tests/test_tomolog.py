@@ -24,9 +24,17 @@ import tifffile
 from PIL import Image
 
 from tomocorioc.core import layout
-from tomocorioc.summary import contrast_of, make_summary, open_volume, resolve_indices
-from tomocorioc.tomolog import (TomoLogSettings, auto_contrast, judge_output, run_phase, run_tomolog,
-                                tomolog_command, upload_lock, write_summary)
+from tomocorioc.worker.summary import contrast_of, make_summary, open_volume, resolve_indices
+from tomocorioc.worker.tomolog import (
+    TomoLogSettings,
+    auto_contrast,
+    judge_output,
+    run_phase,
+    run_tomolog,
+    tomolog_command,
+    upload_lock,
+    write_summary,
+)
 
 URL = "https://docs.google.com/presentation/d/1AbC_dEf-123/edit"
 
@@ -231,8 +239,8 @@ def test_run_phase_success_exact_argv(tmp_path, fake_tomolog, monkeypatch):
     monkeypatch.setenv("FAKE_TOMOLOG_MODE", "ok")
     res = run_phase(proj, {"presentation_url": URL, "beamline": "2-bm", "note": "first scan"}, 50.25,
                     lock_path=tmp_path / "lock")
-    assert res["success"], res["msg"]
-    assert "https://i.imgur.com/rec02.jpg" in res["msg"] and "_summary.png" in res["msg"]
+    assert res.success, res.msg
+    assert "https://i.imgur.com/rec02.jpg" in res.msg and "_summary.png" in res.msg
     (call,) = fake_tomolog()
     argv = call["argv"]
     assert argv[:2] == ["run", "--config"] and not call["config_existed"]
@@ -250,7 +258,7 @@ def test_run_phase_manual_range_and_indices(tmp_path, fake_tomolog, monkeypatch)
     proj = _dataset(tmp_path, _volume())
     res = run_phase(proj, TomoLogSettings(URL, idx=1, idy=2, idz=3, vmin=-1, vmax=2.5), None,
                     lock_path=tmp_path / "lock")
-    assert res["success"], res["msg"]
+    assert res.success, res.msg
     argv = fake_tomolog()[0]["argv"]
     assert argv[argv.index("--idx"):] == ["--idx", "1", "--idy", "2", "--idz", "3", "--min=-1", "--max=2.5"]
 
@@ -268,8 +276,8 @@ def test_run_phase_failures_despite_exit_zero(tmp_path, fake_tomolog, monkeypatc
     proj = _dataset(tmp_path, _volume())
     monkeypatch.setenv("FAKE_TOMOLOG_MODE", mode)
     res = run_phase(proj, {"presentation_url": URL}, 50.25, lock_path=tmp_path / "lock")
-    assert not res["success"]
-    assert res["msg"].startswith(f"TomoLog: {reason}") and "\n" not in res["msg"]
+    assert not res.success
+    assert res.msg.startswith(f"TomoLog: {reason}") and "\n" not in res.msg
     assert (layout.rec_root(proj) / "scan_001_summary.png").is_file()     # written regardless
 
 
@@ -287,15 +295,15 @@ def test_run_phase_without_tomolog_or_settings_still_writes_summary(tmp_path, mo
     png = layout.rec_root(proj) / "scan_001_summary.png"
     res = run_phase(proj, {"presentation_url": URL, "program": "tomolog-not-installed-here"}, None,
                     lock_path=tmp_path / "lock")
-    assert not res["success"] and "'tomolog-not-installed-here' not found" in res["msg"] and png.is_file()
+    assert not res.success and "'tomolog-not-installed-here' not found" in res.msg and png.is_file()
     png.unlink()
     res = run_phase(proj, {}, None, lock_path=tmp_path / "lock")
-    assert not res["success"] and "presentation_url is required" in res["msg"] and png.is_file()
+    assert not res.success and "presentation_url is required" in res.msg and png.is_file()
     png.unlink()
     res = run_phase(proj, {"presentation_url": URL, "idx": 99}, None, lock_path=tmp_path / "lock")
-    assert not res["success"] and "idx=99 is outside the volume (0..9)" in res["msg"] and png.is_file()
+    assert not res.success and "idx=99 is outside the volume (0..9)" in res.msg and png.is_file()
     res = run_phase(tmp_path / "data" / "missing.h5", {"presentation_url": URL}, None)
-    assert not res["success"] and res["msg"].startswith("no summary: no full reconstruction")
+    assert not res.success and res.msg.startswith("no summary: no full reconstruction")
 
 
 # -- the upload lock ---------------------------------------------------------------------
@@ -317,7 +325,7 @@ def test_upload_lock_serialises_threads_and_processes(tmp_path):
     assert "still holds" in got[0]
     code = textwrap.dedent(f"""
         import time
-        from tomocorioc.tomolog import upload_lock
+        from tomocorioc.worker.tomolog import upload_lock
         with upload_lock({str(lock)!r}):
             print("held", flush=True)
             time.sleep(3)
@@ -402,7 +410,7 @@ def test_summary_cor_sources(tmp_path):
 
 
 def test_large_tiff_stack_reads_strided_planes(tmp_path, monkeypatch):
-    import tomocorioc.summary as summary
+    import tomocorioc.worker.summary as summary
     monkeypatch.setattr(summary, "MAX_Z_SAMPLES", 8)
     proj = _dataset(tmp_path, _phantom(nz=30, ny=16, nx=16), scores=False)
     vol = open_volume(layout.full_dir(proj))

@@ -4,7 +4,6 @@ import time
 
 import h5py
 import pytest
-
 from _ioc import IOC, SimTomoScan  # noqa: I001 - before pyepics
 
 from tomocorioc.sim import SimConfig, simulate_scan

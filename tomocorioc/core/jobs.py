@@ -13,6 +13,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
+from tomocorioc.core.result import PhaseResult
+
 log = logging.getLogger(__name__)
 
 PHASES = ("try", "infer", "full", "tomolog")
@@ -75,6 +77,7 @@ class Row:
     estimate: Optional[float] = None  # sinogram (Vo) estimate of the COR
     notes: List[str] = field(default_factory=list)
     timings: Dict[str, float] = field(default_factory=dict)
+    results: Dict[str, PhaseResult] = field(default_factory=dict)   # the last result of each phase
     updated: float = field(default_factory=time.time)
 
     def __post_init__(self) -> None:
@@ -127,6 +130,7 @@ class Row:
         """JSON-able record (the durable form)."""
         d = asdict(self)
         d["state"] = {p: s.value for p, s in self.state.items()}
+        d["results"] = {p: r.to_dict() for p, r in self.results.items()}
         return d
 
     @classmethod
@@ -134,6 +138,7 @@ class Row:
         """Inverse of :meth:`to_dict`."""
         d = dict(d)
         d["state"] = {p: PhaseState(s) for p, s in d.get("state", {}).items()}
+        d["results"] = {p: PhaseResult.from_dict(r) for p, r in (d.get("results") or {}).items()}
         return cls(**d)
 
 
@@ -162,11 +167,3 @@ def valid_cor(value: Any) -> float:
     if not (-1e6 < v < 1e6):
         raise ValueError(f"COR {v} is out of range")
     return v
-
-
-def row_summary(rows: List[Row]) -> Dict[str, int]:
-    """Counts by status word (for the queue-status PVs and the CLI)."""
-    out: Dict[str, int] = {}
-    for r in rows:
-        out[r.status] = out.get(r.status, 0) + 1
-    return out

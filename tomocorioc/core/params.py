@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
+from tomocorioc.core.spec import SettingError, check_fields, setting
+
 FILTERS: Tuple[str, ...] = ("parzen", "shepp", "ramp", "butterworth")
 # 'sort' is the torch backend's own sorting-based ring filter (Vo et al. 2018,
 # sorting step only); the others are tomocupy's names and run only there.
@@ -21,10 +23,12 @@ DTYPES: Tuple[str, ...] = ("float32", "float16")
 ALGORITHMS: Tuple[str, ...] = ("fourierrec", "lprec", "linerec")
 FULL_FORMATS: Tuple[str, ...] = ("tiff", "h5")
 COR_METHODS: Tuple[str, ...] = ("auto", "ai", "classical")   # phase B: auto = ai when a model is set
+METRICS: Tuple[str, ...] = ("entropy", "negative", "tv", "std")  # classical image sharpness metrics
+DEFAULT_METRIC = "entropy"
 RUN_PHASES: Tuple[str, ...] = ("try", "infer", "full")        # what ``tomocorioc run`` does by default
 
 
-class ParamError(ValueError):
+class ParamError(SettingError):
     """A reconstruction parameter is out of range or of the wrong kind."""
 
 
@@ -42,54 +46,39 @@ def _finite(name: str, value: Any) -> float:
 class ReconParams:
     """Everything that changes a try or full reconstruction's output."""
 
-    search_width: float = 50.0
-    search_step: float = 0.5
-    nsino: float = 0.5
+    search_width: float = setting(50.0, lo=0.5, hi=1000, units="px", doc="Try grid half width")
+    search_step: float = setting(0.5, lo=0.01, hi=100, units="px", doc="Try grid step")
+    nsino: float = setting(0.5, lo=0, hi=1, doc="Try row (0 top .. 1 bottom)")
     rotation_axis: Optional[float] = None  # None: auto (width/2, or the sinogram estimate)
-    binning: int = 0
-    fbp_filter: str = "parzen"
-    remove_stripe_method: str = "none"
+    binning: int = setting(0, choices=(0, 1, 2, 3), doc="Binning (2**N)")
+    fbp_filter: str = setting("parzen", choices=FILTERS, doc="FBP filter")
+    remove_stripe_method: str = setting("none", choices=STRIPE_METHODS, doc="Ring removal")
     dezinger: int = 0
-    dezinger_threshold: float = 5000.0
-    reconstruction_algorithm: str = "fourierrec"
-    dtype: str = "float32"
-    nsino_per_chunk: int = 8
-    full_format: str = "tiff"
+    dezinger_threshold: float = setting(5000.0, lo=1e-9, doc="Dezinger threshold (counts over median)")
+    reconstruction_algorithm: str = setting("fourierrec", choices=ALGORITHMS, doc="tomocupy algorithm")
+    dtype: str = setting("float32", choices=DTYPES, doc="Reconstruction data type")
+    nsino_per_chunk: int = setting(8, lo=1, hi=4096, integer=True, doc="Rows per chunk (full)")
+    full_format: str = setting("tiff", choices=FULL_FORMATS, doc="Full reconstruction format")
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        sw = _finite("search_width", self.search_width)
-        st = _finite("search_step", self.search_step)
-        if not (0 < sw <= 10000):
-            raise ParamError(f"search_width must be in (0, 10000] px, got {sw}")
-        if not (0 < st <= sw):
-            raise ParamError(f"search_step must be in (0, search_width], got {st}")
-        if sw / st > 4000:
-            raise ParamError(f"search_width/search_step gives {int(2 * sw / st)} candidates; at most 8000")
-        ns = _finite("nsino", self.nsino)
-        if not (0.0 <= ns <= 1.0):
-            raise ParamError(f"nsino must be in [0, 1] (0 top row, 1 bottom row), got {ns}")
+        for name in ("search_width", "search_step", "nsino", "dezinger_threshold"):
+            _finite(name, getattr(self, name))   # a clear message for text and NaN before the range check
+        if not isinstance(self.binning, int) or isinstance(self.binning, bool):
+            raise ParamError(f"binning must be 0..3 (2**binning), got {self.binning!r}")
+        try:
+            check_fields(self)
+        except SettingError as exc:
+            raise ParamError(str(exc)) from None
+        if self.search_step > self.search_width:
+            raise ParamError(f"search_step {self.search_step:g} must not exceed search_width {self.search_width:g}")
+        if self.search_width / self.search_step > 4000:
+            raise ParamError(f"search_width/search_step gives {int(2 * self.search_width / self.search_step)} "
+                             "candidates; at most 8000")
         if self.rotation_axis is not None:
             _finite("rotation_axis", self.rotation_axis)
-        if not isinstance(self.binning, int) or not (0 <= self.binning <= 3):
-            raise ParamError(f"binning must be 0..3 (2**binning), got {self.binning!r}")
-        if self.fbp_filter not in FILTERS:
-            raise ParamError(f"fbp_filter must be one of {', '.join(FILTERS)}, got {self.fbp_filter!r}")
-        if self.remove_stripe_method not in STRIPE_METHODS:
-            raise ParamError(
-                f"remove_stripe_method must be one of {', '.join(STRIPE_METHODS)}, got {self.remove_stripe_method!r}")
         if not isinstance(self.dezinger, int) or self.dezinger < 0 or (self.dezinger and self.dezinger % 2 == 0):
             raise ParamError(f"dezinger must be 0 (off) or an odd window width, got {self.dezinger!r}")
-        if _finite("dezinger_threshold", self.dezinger_threshold) <= 0:
-            raise ParamError("dezinger_threshold must be > 0")
-        if self.reconstruction_algorithm not in ALGORITHMS:
-            raise ParamError(f"reconstruction_algorithm must be one of {', '.join(ALGORITHMS)}")
-        if self.dtype not in DTYPES:
-            raise ParamError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if not isinstance(self.nsino_per_chunk, int) or not (1 <= self.nsino_per_chunk <= 4096):
-            raise ParamError(f"nsino_per_chunk must be 1..4096, got {self.nsino_per_chunk!r}")
-        if self.full_format not in FULL_FORMATS:
-            raise ParamError(f"full_format must be one of {', '.join(FULL_FORMATS)}, got {self.full_format!r}")
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain JSON-able dict (the sidecar format)."""

@@ -11,13 +11,22 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
-from .jobs import (DEFAULT_PHASES, FINISHED_OK, PHASES, TERMINAL, PhaseState, Row, TransitionError, transition,
-                   valid_cor)
-from .series import series_key
+from tomocorioc.core.jobs import (
+    DEFAULT_PHASES,
+    FINISHED_OK,
+    PHASES,
+    TERMINAL,
+    PhaseState,
+    Row,
+    TransitionError,
+    transition,
+    valid_cor,
+)
+from tomocorioc.core.result import PhaseResult
+from tomocorioc.core.series import series_key
 
 log = logging.getLogger(__name__)
 
@@ -26,27 +35,6 @@ ChangeHook = Callable[[List[Row], List[dict], List[int]], None]
 
 class QueueError(ValueError):
     """An operation that is not possible in the queue's current state."""
-
-
-@dataclass
-class Outcome:
-    """What a worker reports for one phase of one row (crosses process boundaries as a dict)."""
-
-    success: bool
-    msg: str = ""
-    up_to_date: bool = False
-    cor: Optional[float] = None
-    cor_source: Optional[str] = None
-    confidence: Optional[float] = None
-    needs_review: bool = False
-    seconds: float = 0.0
-    estimate: Optional[float] = None
-    notes: Optional[List[str]] = None
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Outcome":
-        """Build from a worker's result dict, ignoring unknown keys."""
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
 class JobQueue:
@@ -340,8 +328,8 @@ class JobQueue:
             self._changed([r])
             return Row.from_dict(r.to_dict())
 
-    def finish(self, row_id: int, phase: str, outcome: Outcome) -> None:
-        """Record a phase's outcome; a failure blocks the row's later phases."""
+    def finish(self, row_id: int, phase: str, result: PhaseResult) -> None:
+        """Record a phase's result; a failure blocks the row's later phases."""
         with self._lock:
             try:
                 r = self._get(row_id)
@@ -352,27 +340,28 @@ class JobQueue:
                 log.info("%s: late result for %s (%s) ignored", r.path, phase, r.state[phase].value)
                 return
             events = []
-            if outcome.success:
-                transition(r, phase, PhaseState.UPTODATE if outcome.up_to_date else PhaseState.DONE, outcome.msg)
+            if result.success:
+                transition(r, phase, PhaseState.UPTODATE if result.up_to_date else PhaseState.DONE, result.msg)
                 r.attempts = 0
-                if outcome.estimate is not None:
-                    r.estimate = float(outcome.estimate)
-                for note in outcome.notes or []:
+                if result.estimate is not None:
+                    r.estimate = float(result.estimate)
+                for note in result.notes or []:
                     if note not in r.notes:
                         r.notes.append(note)
-                if outcome.cor is not None:
-                    events.append({"row_id": r.id, "time": time.time(), "old": r.cor, "new": outcome.cor,
-                                   "source": outcome.cor_source or phase, "reason": f"{phase} phase"})
-                    r.cor, r.cor_source = float(outcome.cor), outcome.cor_source
-                    r.confidence, r.needs_review = outcome.confidence, bool(outcome.needs_review)
+                if result.cor is not None:
+                    events.append({"row_id": r.id, "time": time.time(), "old": r.cor, "new": result.cor,
+                                   "source": result.cor_source or phase, "reason": f"{phase} phase"})
+                    r.cor, r.cor_source = float(result.cor), result.cor_source
+                    r.confidence, r.needs_review = result.confidence, bool(result.needs_review)
             else:
-                transition(r, phase, PhaseState.FAILED, outcome.msg)
-                r.error = f"{phase}: {outcome.msg}"
+                transition(r, phase, PhaseState.FAILED, result.msg)
+                r.error = f"{phase}: {result.msg}"
                 for p in PHASES[PHASES.index(phase) + 1:]:
                     if r.state[p] is PhaseState.QUEUED:
                         transition(r, p, PhaseState.BLOCKED, f"{phase} failed")
-            if outcome.seconds:
-                r.timings[phase] = round(float(outcome.seconds), 3)
+            if result.seconds:
+                r.timings[phase] = round(float(result.seconds), 3)
+            r.results[phase] = result
             self._changed([r], events)
 
     def worker_lost(self, row_id: int, phase: str, msg: str) -> bool:
@@ -390,16 +379,8 @@ class JobQueue:
                 r.error = f"{phase}: {msg} (retrying)"
                 self._changed([r])
                 return True
-        self.finish(row_id, phase, Outcome(False, msg))
+        self.finish(row_id, phase, PhaseResult.failure(msg))
         return False
-
-    def cancel_running(self, row_id: int, phase: str, msg: str = "cancelled") -> None:
-        """Mark a running phase cancelled (after its worker was killed)."""
-        with self._lock:
-            r = self._get(row_id)
-            if r.state[phase] is PhaseState.RUNNING:
-                transition(r, phase, PhaseState.CANCELLED, msg)
-                self._changed([r])
 
     def idle(self) -> bool:
         """True when nothing is running and nothing can start."""
@@ -412,4 +393,4 @@ class JobQueue:
             return any(r.running_phase for r in self._rows)
 
 
-__all__ = ["JobQueue", "Outcome", "QueueError", "TransitionError"]
+__all__ = ["JobQueue", "QueueError", "TransitionError"]

@@ -350,61 +350,9 @@ def undersized_scans(records: Iterable[Union[ScanSize, Tuple[str, Optional[int],
     return skips
 
 
-def read_scan_size(path: PathLike) -> ScanSize:
-    """Projections of ``/exchange/data`` and file bytes; an unreadable file gives ``error``, never raises."""
-    file = str(path)
-    try:
-        nbytes: Optional[int] = os.stat(file).st_size
-    except OSError as exc:
-        return ScanSize(file, error=f"unreadable: {exc.strerror or exc}")
-    import h5py  # here, so importing the series tools stays cheap for the queue
-
-    try:
-        # No HDF5 file lock: the detector writer may still hold the file open.
-        with _open_h5(h5py, file) as fh:
-            dset = fh.get(DATA_PATH)
-            if not isinstance(dset, h5py.Dataset):
-                return ScanSize(file, nbytes=nbytes, error=f"unreadable: no {DATA_PATH} dataset")
-            if len(dset.shape) < 1:
-                return ScanSize(file, nbytes=nbytes, error=f"unreadable: {DATA_PATH} is a scalar")
-            return ScanSize(file, nproj=int(dset.shape[0]), nbytes=nbytes)
-    except (OSError, KeyError, ValueError, RuntimeError) as exc:
-        return ScanSize(file, nbytes=nbytes, error=f"unreadable: {exc}")
-
-
-def _open_h5(h5py: Any, file: str) -> Any:
-    try:
-        return h5py.File(file, "r", locking=False)
-    except TypeError:  # h5py < 3.5 has no locking argument
-        return h5py.File(file, "r")
-
-
-def find_undersized(paths: Iterable[PathLike], threshold: float = DEFAULT_SKIP_THRESHOLD, *,
-                    skip_unreadable: bool = False) -> List[SkipDecision]:
-    """Read the files' sizes and judge them per series (see :func:`undersized_scans`).
-
-    Unreadable files are only logged by default: a file still being written
-    can be unreadable for a moment, and a broken one fails its try phase
-    with its own error anyway.  ``skip_unreadable=True`` skips them too.
-    """
-    threshold = check_skip_threshold(threshold)
-    sizes = [read_scan_size(p) for p in paths]
-    skips = undersized_scans(sizes, threshold)
-    for s in sizes:
-        if s.error is None:
-            continue
-        if skip_unreadable:
-            skips.append(SkipDecision(s.file, s.error))
-        else:
-            log.warning("%s: %s; not judged for auto-skip", s.file, s.error)
-    for d in skips:
-        log.info("auto-skip %s: %s", d.file, d.reason)
-    return skips
-
-
 __all__ = [
     "SERIES_RE", "DEFAULT_MAX_DELTA", "DEFAULT_SKIP_THRESHOLD", "MIN_FILES_TO_JUDGE", "SOURCE_OUTLIER",
     "SOURCE_FILLED", "CorChange", "SeriesStats", "OutlierResult", "ScanSize", "SkipDecision", "file_stem",
     "series_key", "fix_cor_outliers", "check_max_delta", "outlier_threshold", "median_mad",
-    "undersized_scans", "read_scan_size", "find_undersized", "check_skip_threshold",
+    "undersized_scans", "check_skip_threshold",
 ]

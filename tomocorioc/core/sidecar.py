@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from .params import ParamError, ReconParams
+from tomocorioc.core.params import ParamError, ReconParams
 
 log = logging.getLogger(__name__)
 

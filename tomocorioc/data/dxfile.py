@@ -18,8 +18,16 @@ from typing import Optional, Tuple
 import h5py
 import numpy as np
 
-from .errors import (EmptyDataError, MissingDatasetError, NonFiniteError, NotAFileError, NotHDF5Error,
-                     ShapeError, TruncatedFileError, UnreadableError)
+from tomocorioc.data.errors import (
+    EmptyDataError,
+    MissingDatasetError,
+    NonFiniteError,
+    NotAFileError,
+    NotHDF5Error,
+    ShapeError,
+    TruncatedFileError,
+    UnreadableError,
+)
 
 log = logging.getLogger(__name__)
 

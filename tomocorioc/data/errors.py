@@ -59,3 +59,7 @@ class NonFiniteError(DatasetError):
     """NaN or Inf in the rows that are used."""
 
     kind = "non-finite"
+
+
+class ReconError(RuntimeError):
+    """A reconstruction ran (or was looked for) but its outputs are not what they should be."""

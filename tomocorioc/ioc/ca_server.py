@@ -22,8 +22,8 @@ from caproto.asyncio.server import Context, VirtualCircuit
 from caproto.server import PVGroup, SubGroup, pvproperty
 from caproto.server.autosave import AutosaveHelper, RotatingFileManager, autosaved
 
-from .controller import Controller, PutError, Watchdog
-from .pvdefs import LONG_STRING, ROW_SEVERITY, Kind, PVDef, Role, pv_table
+from tomocorioc.ioc.controller import Controller, PutError, Watchdog
+from tomocorioc.ioc.pvdefs import LONG_STRING, ROW_SEVERITY, Kind, PVDef, Role, pv_table
 
 log = logging.getLogger(__name__)
 

@@ -11,66 +11,28 @@ from __future__ import annotations
 
 import glob
 import logging
-import math
 import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from ..core.jobs import FINISHED_OK, PHASES, PhaseState, Row, valid_cor
-from ..core.params import FILTERS, ParamError
-from ..core.queue import QueueError
-from .pvdefs import COR_METHODS, MAX_SLOTS, METRICS, PAGE_ROWS, ROW_STATUSES, Kind, PVDef, Role, by_name
+from tomocorioc.core.jobs import FINISHED_OK, PHASES, PhaseState, Row, valid_cor
+from tomocorioc.core.queue import QueueError
+from tomocorioc.core.spec import get_path
+from tomocorioc.ioc.convert import PutError, enum_index, number, one_line, text
+from tomocorioc.ioc.pvdefs import MAX_SLOTS, PAGE_ROWS, ROW_STATUSES, PVDef, Role, by_name
+from tomocorioc.service.protocol import ServiceAPI, SlotState
+from tomocorioc.service.trigger.manager import TriggerManager
 
 log = logging.getLogger(__name__)
 
 SCAN_SUFFIXES = (".h5", ".hdf5", ".hdf", ".nxs")
-_PHASE_PVS = {"PhaseTry": "try", "PhaseInfer": "infer", "PhaseFull": "full", "PhaseTomoLog": "tomolog"}
-_TOMOLOG_PVS = {"TomoLogUrl": "presentation_url", "TomoLogCloud": "cloud_service", "TomoLogBeamline": "beamline",
-                "TomoLogMin": "vmin", "TomoLogMax": "vmax"}
 _MAX_ENQUEUE = 10000
-
-
-class PutError(ValueError):
-    """A rejected put; the message is one line for ``Message`` and the client."""
-
-
-def _one_line(msg: object) -> str:
-    text = " ".join(str(msg).split())
-    return text[:300]
-
-
-def enum_index(p: PVDef, value: Any) -> int:
-    """An enum put as index or state string -> index (PutError otherwise)."""
-    if isinstance(value, str):
-        v = value.strip()
-        if v in p.enums:
-            return p.enums.index(v)
-        if not v.lstrip("-").isdigit():
-            raise PutError(f"{p.name}: {value!r} is not one of {', '.join(p.enums)}")
-        value = int(v)
-    try:
-        i = int(value)
-    except (TypeError, ValueError):
-        raise PutError(f"{p.name}: {value!r} is not one of {', '.join(p.enums)}") from None
-    if isinstance(value, float) and (not math.isfinite(value) or value != i):
-        raise PutError(f"{p.name}: {value!r} is not a state index")
-    if not 0 <= i < len(p.enums):
-        raise PutError(f"{p.name}: index {i} out of range 0..{len(p.enums) - 1}")
-    return i
-
-
-def number(p: PVDef, value: Any) -> float:
-    """A finite number within the PV's limits (PutError otherwise)."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise PutError(f"{p.name}: {value!r} is not a number") from None
-    if not math.isfinite(v):
-        raise PutError(f"{p.name}: {value!r} is not finite")
-    if p.lo is not None and v < p.lo or p.hi is not None and v > p.hi:
-        raise PutError(f"{p.name}: {v:g} out of range {p.lo:g}..{p.hi:g}")
-    return v
+# What Slot<N>:Phase says of a slot without a job.
+_SLOT_WORDS = {SlotState.IDLE: "idle", SlotState.BUSY: "idle", SlotState.STARTING: "starting",
+               SlotState.RESTARTING: "restarting", SlotState.BROKEN: "broken"}
+# A put handler: (PV definition, the client's value) -> the value the PV holds afterwards.
+Handler = Callable[[PVDef, Any], Any]
 
 
 class Watchdog:
@@ -96,8 +58,9 @@ class Watchdog:
 class Controller:
     """Maps PV puts onto the service and the service's state onto PV values."""
 
-    def __init__(self, service: Any, data_roots: Sequence[Path], slot_factory: Optional[Callable] = None,
-                 trigger: Any = None) -> None:
+    def __init__(self, service: ServiceAPI, data_roots: Sequence[Path],
+                 slot_factory: Optional[Callable[[Optional[str]], Sequence[Any]]] = None,
+                 trigger: Optional[TriggerManager] = None) -> None:
         self.service = service
         self.trigger = trigger              # TriggerManager, when this IOC can watch tomoScan
         self.data_roots = [Path(r).resolve() for r in data_roots]
@@ -106,6 +69,16 @@ class Controller:
         self.selected: Optional[int] = None
         self.row_offset = 0
         self.last_message = ""
+        # The few PVs whose put does more than set a bound setting; every other setting PV is generic.
+        self.handlers: Dict[str, Handler] = {
+            "Gpus": self._put_gpus, "AutoTrigger": self._put_auto_trigger,
+            "TomoScanPrefix": self._put_tomoscan_prefix, "TriggerTimeout": self._put_trigger_timeout,
+            "Enqueue": self._put_enqueue, "Start": self._cmd(self._start), "Abort": self._cmd(self._abort),
+            "Pause": self._cmd(self._pause), "Resume": self._cmd(self._resume),
+            "FixOutliers": self._cmd(self._fix_outliers), "RetryFailed": self._cmd(self._retry_failed),
+            "ClearDone": self._cmd(self._clear_done), "ApplyParams": self._cmd(self._apply_params),
+            "RemoveSelected": self._cmd(self._remove_selected),
+        }
 
     # -- puts ----------------------------------------------------------------------
     def put(self, name: str, value: Any) -> Any:
@@ -114,145 +87,76 @@ class Controller:
         if p is None or not p.kind.writable:
             raise PutError(f"{name} is read-only")
         try:
+            handler = self.handlers.get(name)
+            if handler is not None:
+                return handler(p, value)
             if p.role is Role.SETTING:
-                return self._setting(p, value)
-            if p.role is Role.COMMAND:
-                return self._command(p, value)
-            return self._select(p, value)
+                return self._set(p, p.conv.to_setting(p, value))
+            if p.role is Role.SELECT:
+                return self._select(p, value)
+            raise PutError(f"{name}: no handler")   # a COMMAND PV missing from the table: a bug
         except PutError:
             raise
-        except (QueueError, ParamError, ValueError, OSError) as exc:
-            raise PutError(f"{name}: {_one_line(exc)}") from None
+        except (QueueError, ValueError, OSError) as exc:
+            raise PutError(f"{name}: {one_line(exc)}") from None
 
     def message(self, text: str) -> None:
         """Record an operator message (also kept by the service)."""
-        self.last_message = _one_line(text)
+        self.last_message = one_line(text)
         self.service.notice(self.last_message)
 
-    @staticmethod
-    def _text(p: PVDef, value: Any) -> str:
-        if isinstance(value, bytes):
-            value = value.decode("latin-1")
-        if not isinstance(value, str):
-            raise PutError(f"{p.name}: expected a string, got {value!r}")
-        value = value.rstrip("\x00").strip()
-        if "\n" in value or "\r" in value:
-            raise PutError(f"{p.name}: must be one line")
-        return value
+    def _set(self, p: PVDef, value: Any) -> Any:
+        """Apply a bound setting's new value (validated as a whole record); the PV's value after it."""
+        self.service.update_settings({p.setting: value})
+        return p.conv.to_pv(p, value)
 
-    def _setting(self, p: PVDef, value: Any) -> Any:
+    def setting_values(self) -> Dict[str, Any]:
+        """Current value of every setting PV, read through its binding."""
         s = self.service.settings
-        name = p.name
-        if name in _PHASE_PVS:
-            v = enum_index(p, value)
-            self.service.update_settings(phases=dict(s.phases, **{_PHASE_PVS[name]: bool(v)}))
-            return v
-        if name == "MaxCorDelta":
-            v = number(p, value)
-            self.service.update_settings(max_cor_delta=v)
-            return v
-        if name in ("CenterSearchWidth", "CenterSearchStep", "NSino"):
-            v = number(p, value)
-            key = {"CenterSearchWidth": "search_width", "CenterSearchStep": "search_step", "NSino": "nsino"}[name]
-            self.service.update_settings(params={key: v})
-            return v
-        if name == "Binning":
-            v = enum_index(p, value)
-            self.service.update_settings(params={"binning": v})
-            return v
-        if name == "FbpFilter":
-            v = enum_index(p, value)
-            self.service.update_settings(params={"fbp_filter": FILTERS[v]})
-            return v
-        if name == "CorMethod":
-            v = enum_index(p, value)
-            self.service.update_settings(cor_method=COR_METHODS[v].lower())
-            return v
-        if name == "Metric":
-            v = enum_index(p, value)
-            self.service.update_settings(metric=METRICS[v])
-            return v
-        if name == "ModelPath":
-            text = self._text(p, value)
-            if text and not Path(text).is_file():
-                raise PutError(f"ModelPath: no such file: {text}")
-            self.service.update_settings(model=text or None)
-            return text
-        if name == "JobTimeout":
-            v = number(p, value)
-            self.service.update_settings(timeouts={ph: (v or None) for ph in PHASES})
-            return v
-        if name == "Gpus":
-            text = self._text(p, value)
-            if self.slot_factory is None:
-                raise PutError("Gpus: this IOC cannot change its worker slots")
-            slots = self.slot_factory(text or None)   # ValueError on a bad list
-            if (text or None) != s.gpus:
-                self.service.set_slots(slots)
-                self.service.update_settings(gpus=text or None)
-            return text
-        if name in ("AutoFixOutliers", "SeriesBarrier"):
-            v = enum_index(p, value)
-            key = "auto_fix_outliers" if name == "AutoFixOutliers" else "series_barrier"
-            self.service.update_settings(**{key: bool(v)})
-            return v
-        if name == "TomoScanPrefix":
-            text = self._text(p, value)
-            if text and (" " in text or len(text) > 36):
-                raise PutError(f"TomoScanPrefix: {text!r} is not a PV prefix")
-            changed = text != s.tomoscan_prefix
-            if s.auto_trigger and not text:
-                raise PutError("TomoScanPrefix: cannot be blank while AutoTrigger is On")
-            self.service.update_settings(tomoscan_prefix=text)
-            if changed and s.auto_trigger:
-                self.relink()
-            return text
-        if name == "AutoTrigger":
-            v = enum_index(p, value)
-            if v and not s.tomoscan_prefix:
-                raise PutError("AutoTrigger: set TomoScanPrefix first")
-            if v and self.trigger is None:
-                raise PutError("AutoTrigger: this IOC was started without the trigger")
-            changed = bool(v) != s.auto_trigger
-            self.service.update_settings(auto_trigger=bool(v))
-            if changed:
-                self.relink()
-            return v
-        if name == "TriggerPhases":
-            text = self._text(p, value).replace(" ", "")
-            bad = [x for x in text.split(",") if x and x not in PHASES]
-            if bad or (text and not [x for x in text.split(",") if x]):
-                raise PutError(f"TriggerPhases: {text!r} is not a comma list of {','.join(PHASES)}")
-            self.service.update_settings(trigger_phases=text)
-            return text
-        if name == "TriggerTimeout":
-            v = number(p, value)
-            self.service.update_settings(trigger_timeout=v)
-            if self.trigger is not None:
-                self.trigger.complete_timeout = v
-            return v
-        if name in _TOMOLOG_PVS:
-            text = self._text(p, value)
-            key = _TOMOLOG_PVS[name]
-            tl = dict(s.tomolog)
-            if key in ("vmin", "vmax"):
-                if text:
-                    try:
-                        num = float(text)
-                    except ValueError:
-                        raise PutError(f"{name}: {text!r} is not a number (blank: auto contrast)") from None
-                    if not math.isfinite(num):
-                        raise PutError(f"{name}: {text!r} is not finite")
-                    tl[key] = num
-                else:
-                    tl.pop(key, None)
-            elif text:
-                tl[key] = text
-            else:
-                tl.pop(key, None)
-            self.service.update_settings(tomolog=tl)
-            return text
-        raise PutError(f"{name}: not a setting")
+        return {p.name: p.conv.to_pv(p, get_path(s, p.setting)) for p in self.defs.values()
+                if p.role is Role.SETTING}
+
+    # -- settings with side effects ------------------------------------------------------
+    def _put_gpus(self, p: PVDef, value: Any) -> Any:
+        gpus = p.conv.to_setting(p, value)
+        if self.slot_factory is None:
+            raise PutError("Gpus: this IOC cannot change its worker slots")
+        slots = self.slot_factory(gpus)   # ValueError on a bad list
+        if gpus != self.service.settings.gpus:
+            self.service.set_slots(slots)
+            self._set(p, gpus)
+        return p.conv.to_pv(p, gpus)
+
+    def _put_tomoscan_prefix(self, p: PVDef, value: Any) -> Any:
+        prefix = p.conv.to_setting(p, value)
+        s = self.service.settings
+        if s.auto_trigger and not prefix:
+            raise PutError("TomoScanPrefix: cannot be blank while AutoTrigger is On")
+        changed = prefix != s.tomoscan_prefix
+        out = self._set(p, prefix)
+        if changed and s.auto_trigger:
+            self.relink()
+        return out
+
+    def _put_auto_trigger(self, p: PVDef, value: Any) -> Any:
+        on = p.conv.to_setting(p, value)
+        s = self.service.settings
+        if on and not s.tomoscan_prefix:
+            raise PutError("AutoTrigger: set TomoScanPrefix first")
+        if on and self.trigger is None:
+            raise PutError("AutoTrigger: this IOC was started without the trigger")
+        changed = on != s.auto_trigger
+        out = self._set(p, on)
+        if changed:
+            self.relink()
+        return out
+
+    def _put_trigger_timeout(self, p: PVDef, value: Any) -> Any:
+        seconds = p.conv.to_setting(p, value)
+        out = self._set(p, seconds)
+        if self.trigger is not None:
+            self.trigger.complete_timeout = seconds
+        return out
 
     def relink(self) -> None:
         """Point the trigger at the configured tomoScan (or stop it) after a settings change."""
@@ -260,71 +164,60 @@ class Controller:
             s = self.service.settings
             self.trigger.set_tomoscan(s.tomoscan_prefix if s.auto_trigger and s.tomoscan_prefix else None)
 
-    def setting_values(self) -> Dict[str, Any]:
-        """Current value of every setting PV, from the service's settings."""
-        s = self.service.settings
-        tl = s.tomolog or {}
-        timeouts = [v for v in s.timeouts.values() if v]
-        out: Dict[str, Any] = {pv: int(bool(s.phases.get(ph))) for pv, ph in _PHASE_PVS.items()}
-        out.update({
-            "MaxCorDelta": s.max_cor_delta, "CenterSearchWidth": s.params.search_width,
-            "CenterSearchStep": s.params.search_step, "NSino": s.params.nsino, "Binning": s.params.binning,
-            "FbpFilter": FILTERS.index(s.params.fbp_filter),
-            "CorMethod": [m.lower() for m in COR_METHODS].index(s.cor_method),
-            "Metric": METRICS.index(s.metric) if s.metric in METRICS else 0,
-            "ModelPath": s.model or "", "JobTimeout": max(timeouts) if timeouts else 0.0, "Gpus": s.gpus or "",
-            "AutoFixOutliers": int(s.auto_fix_outliers), "SeriesBarrier": int(s.series_barrier),
-            "TomoScanPrefix": s.tomoscan_prefix, "AutoTrigger": int(s.auto_trigger),
-            "TriggerPhases": s.trigger_phases, "TriggerTimeout": s.trigger_timeout})
-        for pv, key in _TOMOLOG_PVS.items():
-            v = tl.get(key, tl.get({"vmin": "min", "vmax": "max"}.get(key, key)))
-            out[pv] = "" if v is None else (f"{v:g}" if isinstance(v, float) else str(v))
-        return out
-
     # -- commands ------------------------------------------------------------------------
-    def _command(self, p: PVDef, value: Any) -> Any:
-        if p.name == "Enqueue":
-            text = self._text(p, value)
-            if not text:
-                raise PutError("Enqueue: empty path")
-            paths = self.expand(text)
-            ids = self.service.enqueue(paths)
-            self.message(f"queued {len(ids)} of {len(paths)} file(s) from {text}"
-                         + ("" if len(ids) == len(paths) else " (the others were already queued)"))
-            return text
-        if not enum_index(p, value):
-            return 0     # writing 0 ('Done') does nothing
-        svc, q = self.service, self.service.queue
-        if p.name == "Start":
-            n = svc.start_queue()
-            self.message(f"started; {n} row(s) queued again" if n else "started")
-        elif p.name == "Abort":
-            n = svc.abort()
-            self.message(f"aborted; {n} running job(s) cancelled")
-        elif p.name == "Pause":
-            q.pause()
-            self.message("paused: no new jobs start")
-        elif p.name == "Resume":
-            q.resume()
-            self.message("resumed")
-        elif p.name == "FixOutliers":
-            changes = svc.fix_outliers()
-            self.message(f"Fix COR Outliers: {len(changes)} COR(s) changed")
-        elif p.name == "RetryFailed":
-            self.message(f"{q.retry_failed()} row(s) queued again")
-        elif p.name == "ClearDone":
-            self.message(f"{q.clear_finished()} finished row(s) removed")
-        elif p.name == "ApplyParams":
-            src = self._selected_row()
-            targets = [r.id for r in q.rows() if r.enabled and r.id != src.id]
-            n = svc.apply_params(src.id, targets)
-            self.message(f"parameters of {Path(src.path).name} copied to {n} row(s)")
-        elif p.name == "RemoveSelected":
-            src = self._selected_row()
-            q.remove([src.id])
-            self.selected = None
-            self.message(f"removed {Path(src.path).name}")
-        return 0
+    def _put_enqueue(self, p: PVDef, value: Any) -> str:
+        path = text(p, value)
+        if not path:
+            raise PutError("Enqueue: empty path")
+        paths = self.expand(path)
+        ids = self.service.enqueue(paths)
+        self.message(f"queued {len(ids)} of {len(paths)} file(s) from {path}"
+                     + ("" if len(ids) == len(paths) else " (the others were already queued)"))
+        return path
+
+    def _cmd(self, action: Callable[[], str]) -> Handler:
+        """A busy-style command PV: writing 1 runs ``action`` (its text goes to Message), 0 does nothing."""
+        def handler(p: PVDef, value: Any) -> int:
+            if enum_index(p, value):
+                self.message(action())
+            return 0
+        return handler
+
+    def _start(self) -> str:
+        n = self.service.start_queue()
+        return f"started; {n} row(s) queued again" if n else "started"
+
+    def _abort(self) -> str:
+        return f"aborted; {self.service.abort()} running job(s) cancelled"
+
+    def _pause(self) -> str:
+        self.service.queue.pause()
+        return "paused: no new jobs start"
+
+    def _resume(self) -> str:
+        self.service.queue.resume()
+        return "resumed"
+
+    def _fix_outliers(self) -> str:
+        return f"Fix COR Outliers: {len(self.service.fix_outliers())} COR(s) changed"
+
+    def _retry_failed(self) -> str:
+        return f"{self.service.queue.retry_failed()} row(s) queued again"
+
+    def _clear_done(self) -> str:
+        return f"{self.service.queue.clear_finished()} finished row(s) removed"
+
+    def _apply_params(self) -> str:
+        src = self._selected_row()
+        targets = [r.id for r in self.service.queue.rows() if r.enabled and r.id != src.id]
+        n = self.service.apply_params(src.id, targets)
+        return f"parameters of {Path(src.path).name} copied to {n} row(s)"
+
+    def _remove_selected(self) -> str:
+        src = self._selected_row()
+        self.service.queue.remove([src.id])
+        self.selected = None
+        return f"removed {Path(src.path).name}"
 
     def under_roots(self, path: Path) -> Path:
         """Resolved ``path`` if it lies under a data root (PutError otherwise)."""
@@ -389,19 +282,19 @@ class Controller:
     def _select(self, p: PVDef, value: Any) -> Any:
         q = self.service.queue
         if p.name == "SelectFile":
-            text = self._text(p, value)
-            if not text:
+            name = text(p, value)
+            if not name:
                 self.selected = None
                 return ""
-            rid = q.find(text)
+            rid = q.find(name)
             if rid is None:
-                named = [r for r in q.rows() if Path(r.path).name == text]
+                named = [r for r in q.rows() if Path(r.path).name == name]
                 if len(named) == 1:
                     rid = named[0].id
             if rid is None:
-                raise PutError(f"SelectFile: not in the queue: {text}")
+                raise PutError(f"SelectFile: not in the queue: {name}")
             self.selected = rid
-            return text
+            return name
         if p.name == "RowOffset":
             v = number(p, value)
             if v != int(v):
@@ -439,7 +332,7 @@ class Controller:
                 finished += r.state[ph] in FINISHED_OK or r.state[ph] in (PhaseState.FAILED, PhaseState.BLOCKED,
                                                                           PhaseState.CANCELLED)
         slots = svc.dispatcher.slot_status()
-        running = [(s, by_id.get(s["row"])) for s in slots if s["row"] is not None]
+        running = [(s, by_id.get(s.row)) for s in slots if s.row is not None]
         busy = bool(running) or (not q.paused and any(r.current_phase and r.enabled and not r.skipped
                                                       for r in rows))
         v: Dict[str, Any] = {
@@ -452,10 +345,10 @@ class Controller:
             "NumSlots": len(slots), "Message": svc.messages[-1] if svc.messages else "",
             "TriggerStatus": self.trigger.status if self.trigger is not None else "off",
         }
-        cs = svc.cluster_status(slots)
-        v["ClusterStatus"], v["NumWorkers"], v["NumGpus"] = str(cs["status"]), int(cs["workers"]), int(cs["gpus"])
+        cs = svc.dispatcher.cluster_status()
+        v["ClusterStatus"], v["NumWorkers"], v["NumGpus"] = cs.text, cs.workers, cs.gpus
         if running:
-            parts = [f"{s['phase']} {Path(r.path).name if r else '?'} ({s['name']})" for s, r in running]
+            parts = [f"{s.phase} {Path(r.path).name if r else '?'} ({s.name})" for s, r in running]
             v["ReconStatus"] = "Running " + "; ".join(parts) + f"; {counts.get('queued', 0)} queued"
         elif q.paused:
             v["ReconStatus"] = f"Paused; {counts.get('queued', 0)} queued"
@@ -475,12 +368,11 @@ class Controller:
             v["LastFile"], v["LastCor"] = last.path, float(last.cor)
         for i in range(MAX_SLOTS):
             s = slots[i] if i < len(slots) else None
-            r = by_id.get(s["row"]) if s and s["row"] is not None else None
-            v[f"Slot{i + 1}:Name"] = s["name"] if s else ""
+            r = by_id.get(s.row) if s and s.row is not None else None
+            v[f"Slot{i + 1}:Name"] = s.name if s else ""
             v[f"Slot{i + 1}:File"] = r.path if r else ""
-            v[f"Slot{i + 1}:Phase"] = (s["phase"] if r else ("idle" if s["ready"] else {
-                "restarting": "restarting", "broken": "broken"}.get(s.get("state"), "starting"))) if s else ""
-            v[f"Slot{i + 1}:Elapsed"] = round(float(s["elapsed"]), 1) if r else 0.0
+            v[f"Slot{i + 1}:Phase"] = (s.phase if r else _SLOT_WORDS[s.state]) if s else ""
+            v[f"Slot{i + 1}:Elapsed"] = round(float(s.elapsed), 1) if r else 0.0
         sel = by_id.get(self.selected) if self.selected is not None else None
         v.update(self._row_values("Selected", sel))
         v["Selected:Confidence"] = float(sel.confidence) if sel and sel.confidence is not None else 0.0
@@ -531,4 +423,4 @@ def queue_table(rows: List[Row]) -> Dict[str, List[Any]]:
     return cols
 
 
-__all__ = ["Watchdog", "Controller", "PutError", "queue_table", "enum_index", "number", "Kind"]
+__all__ = ["Watchdog", "Controller", "PutError", "queue_table", "SCAN_SUFFIXES"]

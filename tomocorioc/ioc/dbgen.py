@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List
 
-from .genfiles import stale_files, write_files
-from .pvdefs import LONG_STRING, ROW_SEVERITY, Kind, PVDef, pv_table
+from tomocorioc.ioc.genfiles import stale_files, write_files
+from tomocorioc.ioc.pvdefs import LONG_STRING, ROW_SEVERITY, Kind, PVDef, pv_table
 
 TEMPLATE = "tomoCor.template"
 REQUEST = "tomoCor_settings.req"

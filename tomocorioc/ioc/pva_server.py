@@ -21,8 +21,9 @@ import numpy as np
 import pvaccess as pva
 import tifffile
 
-from ..core import layout
-from .controller import queue_table
+from tomocorioc.core import layout
+from tomocorioc.ioc.controller import queue_table
+from tomocorioc.service.protocol import ServiceAPI
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def try_preview(projection: Path, cor: float) -> Optional[Tuple[np.ndarray, str]
 
 def full_preview(projection: Path) -> Optional[Tuple[np.ndarray, str]]:
     """The middle slice of the full reconstruction, or None."""
-    from ..summary import find_volume, open_volume
+    from tomocorioc.data.volume import find_volume, open_volume
     try:
         vol = open_volume(find_volume(projection))
     except (FileNotFoundError, ValueError, OSError):
@@ -116,7 +117,7 @@ class PvaPublisher:
         self._seq = 0
         self._image_uid = 0
 
-    def poll(self, service: Any) -> None:
+    def poll(self, service: ServiceAPI) -> None:
         """Publish what changed since the last call (run in a helper thread)."""
         q = service.queue
         if q.uid != self._queue_uid:

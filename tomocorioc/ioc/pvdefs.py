@@ -2,7 +2,11 @@
 
 The caproto server, the generated ``db/tomoCor.template`` and
 ``db/tomoCor_settings.req``, and the screens all come from :func:`pv_table`.
-Names are relative to the prefix (default ``TomoCor:``).
+Names are relative to the prefix (default ``TomoCor:``).  A setting PV names
+the settings field it drives (``setting="params.search_width"``) and its
+converter; its default, limits and units are read from that field's spec
+(:mod:`tomocorioc.core.settings`), so each lives in one place.  Adding a
+setting is one settings field plus one ``bound(...)`` line here.
 """
 from __future__ import annotations
 
@@ -10,7 +14,10 @@ import enum
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..core.params import FILTERS
+from tomocorioc.core.params import COR_METHODS, FILTERS, METRICS
+from tomocorioc.core.settings import ServiceSettings
+from tomocorioc.core.spec import spec_at
+from tomocorioc.ioc.convert import Choice, Converter, Flag, Number, NumberText, Text
 
 MAX_SLOTS = 8           # Slot1..Slot8 always exist; unused ones stay blank
 PAGE_ROWS = 16          # Row01..Row16 on the queue screen
@@ -20,8 +27,8 @@ DEFAULT_PREFIX = "TomoCor:"
 ROW_STATUSES = ("idle", "queued", "running", "done", "review", "failed", "cancelled", "skipped", "disabled")
 # Alarm severity per row status (0 none, 1 minor, 2 major): MEDM's alarm colour mode shows it.
 ROW_SEVERITY = {"failed": 2, "cancelled": 1, "review": 1, "skipped": 1}
-COR_METHODS = ("Auto", "AI", "Classical")
-METRICS = ("entropy", "negative", "tv", "std")
+COR_METHOD_LABELS = ("Auto", "AI", "Classical")   # the CorMethod states, for COR_METHODS
+BINNING_LABELS = ("1x1", "2x2", "4x4", "8x8")
 
 
 class Kind(str, enum.Enum):
@@ -73,9 +80,12 @@ class PVDef:
     hi: Optional[float] = None
     units: str = ""
     prec: int = 0
+    setting: Optional[str] = None          # dotted path into ServiceSettings (Role.SETTING PVs)
+    conv: Optional[Converter] = None       # PV value <-> setting value
 
     @property
     def autosave(self) -> bool:
+        """Settings are autosaved and restored; nothing else is."""
         return self.role is Role.SETTING
 
     def __post_init__(self) -> None:
@@ -83,6 +93,21 @@ class PVDef:
             raise ValueError(f"{self.name}: DESC longer than 40 characters: {self.desc!r}")
         if self.kind.is_enum and not self.enums:
             raise ValueError(f"{self.name}: enum record without states")
+        if (self.setting is None) != (self.conv is None):
+            raise ValueError(f"{self.name}: a bound PV needs both setting and conv")
+
+
+def bound(name: str, kind: Kind, setting: str, conv: Converter, desc: str = "", *,
+          enums: Tuple[str, ...] = (), prec: int = 0) -> PVDef:
+    """A setting PV driving ``setting``: default, limits, units (and DESC unless given) from its spec."""
+    spec = spec_at(ServiceSettings(), setting)
+    p = PVDef(name, kind, Role.SETTING, desc or spec.doc, None, enums, spec.lo, spec.hi, spec.units, prec,
+              setting, conv)
+    return _with_default(p, conv.to_pv(p, spec.default))
+
+
+def _with_default(p: PVDef, default: Any) -> PVDef:
+    return PVDef(p.name, p.kind, p.role, p.desc, default, p.enums, p.lo, p.hi, p.units, p.prec, p.setting, p.conv)
 
 
 def _b(name: str, role: Role, desc: str, znam: str, onam: str, default: int = 0, out: bool = True) -> PVDef:
@@ -105,33 +130,37 @@ def pv_table() -> List[PVDef]:
         _b("Busy", S, "Jobs queued or running", "Done", "Busy", out=False),
         PVDef("Message", Kind.LSI, S, "Last error or notice (one line)", ""),
         # -- phase enables
-        _b("PhaseTry", T, "Phase A: try reconstruction", "Disable", "Enable", 1),
-        _b("PhaseInfer", T, "Phase B: infer the COR", "Disable", "Enable", 1),
-        _b("PhaseFull", T, "Phase C: full reconstruction", "Disable", "Enable", 1),
-        _b("PhaseTomoLog", T, "Phase D: TomoLog summary", "Disable", "Enable", 0),
+        bound("PhaseTry", Kind.BO, "phase_try", Flag(), enums=("Disable", "Enable")),
+        bound("PhaseInfer", Kind.BO, "phase_infer", Flag(), enums=("Disable", "Enable")),
+        bound("PhaseFull", Kind.BO, "phase_full", Flag(), enums=("Disable", "Enable")),
+        bound("PhaseTomoLog", Kind.BO, "phase_tomolog", Flag(), enums=("Disable", "Enable")),
         # -- settings
-        PVDef("MaxCorDelta", Kind.AO, T, "Fix Outliers: max COR jump", 50.0, lo=0, hi=1000, units="px", prec=2),
-        PVDef("CenterSearchWidth", Kind.AO, T, "Try grid half width", 50.0, lo=0.5, hi=1000, units="px", prec=2),
-        PVDef("CenterSearchStep", Kind.AO, T, "Try grid step", 0.5, lo=0.01, hi=100, units="px", prec=2),
-        PVDef("NSino", Kind.AO, T, "Try row (0 top .. 1 bottom)", 0.5, lo=0, hi=1, prec=3),
-        PVDef("Binning", Kind.MBBO, T, "Binning", 0, ("1x1", "2x2", "4x4", "8x8")),
-        PVDef("FbpFilter", Kind.MBBO, T, "FBP filter", 0, tuple(FILTERS)),
-        PVDef("CorMethod", Kind.MBBO, T, "COR method", 0, COR_METHODS),
-        PVDef("Metric", Kind.MBBO, T, "Classical sharpness metric", 0, METRICS),
-        PVDef("ModelPath", Kind.LSO, T, "tomocor checkpoint (blank: none)", ""),
-        PVDef("JobTimeout", Kind.AO, T, "Timeout of one phase (0: none)", 7200.0, lo=0, hi=604800, units="s"),
-        PVDef("Gpus", Kind.STRINGOUT, T, "GPU numbers, e.g. 0,1 (blank: auto)", ""),
-        _b("AutoFixOutliers", T, "Fix Outliers when a series ends", "No", "Yes", 0),
-        _b("SeriesBarrier", T, "Full waits for its series' CORs", "No", "Yes", 0),
-        PVDef("TomoLogUrl", Kind.LSO, T, "TomoLog presentation URL", ""),
-        PVDef("TomoLogCloud", Kind.STRINGOUT, T, "TomoLog cloud service", "imgur"),
-        PVDef("TomoLogBeamline", Kind.STRINGOUT, T, "TomoLog beamline", ""),
-        PVDef("TomoLogMin", Kind.STRINGOUT, T, "TomoLog min (blank: auto)", ""),
-        PVDef("TomoLogMax", Kind.STRINGOUT, T, "TomoLog max (blank: auto)", ""),
-        PVDef("TomoScanPrefix", Kind.STRINGOUT, T, "tomoScan prefix, e.g. 2bma:TomoScan:", ""),
-        _b("AutoTrigger", T, "Queue each scan tomoScan finishes", "Off", "On", 0),
-        PVDef("TriggerPhases", Kind.STRINGOUT, T, "Phases for auto-queued files", ""),
-        PVDef("TriggerTimeout", Kind.AO, T, "Wait for a complete file at most", 300.0, lo=1, hi=86400, units="s"),
+        bound("MaxCorDelta", Kind.AO, "max_cor_delta", Number(), prec=2),
+        bound("CenterSearchWidth", Kind.AO, "params.search_width", Number(), prec=2),
+        bound("CenterSearchStep", Kind.AO, "params.search_step", Number(), prec=2),
+        bound("NSino", Kind.AO, "params.nsino", Number(), prec=3),
+        bound("Binning", Kind.MBBO, "params.binning", Choice((0, 1, 2, 3)), "Binning", enums=BINNING_LABELS),
+        bound("FbpFilter", Kind.MBBO, "params.fbp_filter", Choice(FILTERS), enums=FILTERS),
+        bound("CorMethod", Kind.MBBO, "cor_method", Choice(COR_METHODS), enums=COR_METHOD_LABELS),
+        bound("Metric", Kind.MBBO, "metric", Choice(METRICS), enums=METRICS),
+        bound("ModelPath", Kind.LSO, "model", Text(blank_is_none=True, existing_file=True)),
+        bound("TryTimeout", Kind.AO, "try_timeout", Number()),
+        bound("InferTimeout", Kind.AO, "infer_timeout", Number()),
+        bound("FullTimeout", Kind.AO, "full_timeout", Number()),
+        bound("Gpus", Kind.STRINGOUT, "gpus", Text(blank_is_none=True, squeeze=True)),
+        bound("AutoFixOutliers", Kind.BO, "auto_fix_outliers", Flag(), enums=("No", "Yes")),
+        bound("SeriesBarrier", Kind.BO, "series_barrier", Flag(), enums=("No", "Yes")),
+        bound("TomoLogUrl", Kind.LSO, "tomolog.presentation_url", Text(blank_is_none=True),
+              "TomoLog presentation URL"),
+        bound("TomoLogCloud", Kind.STRINGOUT, "tomolog.cloud_service", Text(blank_is_none=True),
+              "TomoLog cloud service"),
+        bound("TomoLogBeamline", Kind.STRINGOUT, "tomolog.beamline", Text(blank_is_none=True), "TomoLog beamline"),
+        bound("TomoLogMin", Kind.STRINGOUT, "tomolog.vmin", NumberText(), "TomoLog min (blank: auto)"),
+        bound("TomoLogMax", Kind.STRINGOUT, "tomolog.vmax", NumberText(), "TomoLog max (blank: auto)"),
+        bound("TomoScanPrefix", Kind.STRINGOUT, "tomoscan_prefix", Text()),
+        bound("AutoTrigger", Kind.BO, "auto_trigger", Flag(), enums=("Off", "On")),
+        bound("TriggerPhases", Kind.STRINGOUT, "trigger_phases", Text(squeeze=True)),
+        bound("TriggerTimeout", Kind.AO, "trigger_timeout", Number()),
         PVDef("TriggerStatus", Kind.LSI, S, "Trigger state, last file or error", "off"),
         # -- commands
         PVDef("Enqueue", Kind.LSO, C, "Queue a file, directory or glob", ""),
@@ -201,5 +230,10 @@ def by_name() -> Dict[str, PVDef]:
     return {p.name: p for p in pv_table()}
 
 
-__all__ = ["PVDef", "Kind", "Role", "pv_table", "by_name", "MAX_SLOTS", "PAGE_ROWS", "LONG_STRING",
-           "DEFAULT_PREFIX", "ROW_STATUSES", "ROW_SEVERITY", "COR_METHODS", "METRICS"]
+def settings_pvs() -> List[PVDef]:
+    """The setting PVs (each bound to a settings field)."""
+    return [p for p in pv_table() if p.role is Role.SETTING]
+
+
+__all__ = ["PVDef", "Kind", "Role", "bound", "pv_table", "by_name", "settings_pvs", "MAX_SLOTS", "PAGE_ROWS",
+           "LONG_STRING", "DEFAULT_PREFIX", "ROW_STATUSES", "ROW_SEVERITY", "COR_METHOD_LABELS", "BINNING_LABELS"]

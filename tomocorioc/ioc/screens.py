@@ -21,8 +21,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .genfiles import stale_files, write_files
-from .pvdefs import DEFAULT_PREFIX, MAX_SLOTS, PAGE_ROWS, ROW_STATUSES, Kind, PVDef, Role, by_name, pv_table
+from tomocorioc.ioc.genfiles import stale_files, write_files
+from tomocorioc.ioc.pvdefs import (
+    DEFAULT_PREFIX,
+    MAX_SLOTS,
+    PAGE_ROWS,
+    ROW_STATUSES,
+    Kind,
+    PVDef,
+    Role,
+    by_name,
+    pv_table,
+)
 
 log = logging.getLogger(__name__)
 

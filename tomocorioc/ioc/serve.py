@@ -15,7 +15,8 @@ import signal
 from pathlib import Path
 from typing import List
 
-from .pvdefs import DEFAULT_PREFIX
+from tomocorioc.core.pathmap import check_cluster_options
+from tomocorioc.ioc.pvdefs import DEFAULT_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +67,10 @@ def configure_network(interfaces: List[str]) -> List[str]:
 
 
 async def _serve(args: argparse.Namespace, interfaces: List[str]) -> int:
-    from ..dispatch.dispatcher import slots_for
-    from ..service import Service
-    from .ca_server import RobustContext, build_group, install_log_filter
-    from .controller import Controller
+    from tomocorioc.ioc.ca_server import RobustContext, build_group, install_log_filter
+    from tomocorioc.ioc.controller import Controller
+    from tomocorioc.service.local import slots_for
+    from tomocorioc.service.service import Service
 
     install_log_filter()
 
@@ -81,7 +82,7 @@ async def _serve(args: argparse.Namespace, interfaces: List[str]) -> int:
     service = Service(state, slots, runner, cluster=args.cluster, path_map=args.path_map)
     if args.gpus is not None and not args.cluster:
         service.update_settings(gpus=args.gpus or None)
-    from ..trigger.manager import TriggerManager
+    from tomocorioc.service.trigger.manager import TriggerManager
     controller = Controller(service, args.data_root, slot_factory=None if args.cluster else slots_for)
 
     def accept(path: str) -> str:
@@ -98,7 +99,7 @@ async def _serve(args: argparse.Namespace, interfaces: List[str]) -> int:
     await group.publish_settings()
     pva_pub = None
     if not args.no_pva:
-        from .pva_server import PvaPublisher
+        from tomocorioc.ioc.pva_server import PvaPublisher
         pva_pub = PvaPublisher(args.prefix)
     service.start()
     ctx = RobustContext(group.pvdb, interfaces)
@@ -143,17 +144,10 @@ def check_arguments(args: argparse.Namespace) -> None:
     missing = [str(r) for r in list(args.data_root) + list(args.watch) if not r.is_dir()]
     if missing:
         raise UsageError(f"data root is not a directory: {missing[0]}")
-    if args.path_map and not args.cluster:
-        raise UsageError("--path-map needs --cluster")
-    if args.cluster:
-        try:
-            from ..dispatch.dask_worker import PathMap
-        except ImportError:
-            raise UsageError("--cluster needs the cluster extra: pip install 'tomocorioc[cluster]'") from None
-        try:
-            PathMap(args.path_map)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
+    try:
+        check_cluster_options(args.cluster, args.path_map)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def run_serve(args: argparse.Namespace) -> int:

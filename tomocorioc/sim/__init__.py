@@ -10,11 +10,19 @@
 Geometry: ``t = cor + x cos(theta) + y sin(theta)`` in detector pixels,
 column ``j`` covers ``[j, j + 1)``, so ``cor = ncols / 2`` is a centred axis.
 """
-from .command import add_simulate_arguments, run_simulate
-from .phantoms import PHANTOMS, Cylinder, Ellipsoid, Phantom, evaluate, make_phantom
-from .projector import line_integrals, max_line_integral, normalised, project
-from .scan import (TRUTH_FILE, SimConfig, build_phantom, merge_truth, read_truth, simulate_scan,
-                   simulate_series, write_scan)
+from tomocorioc.sim.command import add_simulate_arguments, run_simulate
+from tomocorioc.sim.phantoms import PHANTOMS, Cylinder, Ellipsoid, Phantom, evaluate, make_phantom
+from tomocorioc.sim.projector import line_integrals, max_line_integral, normalised, project
+from tomocorioc.sim.scan import (
+                   TRUTH_FILE,
+                   SimConfig,
+                   build_phantom,
+                   merge_truth,
+                   read_truth,
+                   simulate_scan,
+                   simulate_series,
+                   write_scan,
+)
 
 __all__ = [
     "PHANTOMS",

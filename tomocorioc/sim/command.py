@@ -5,8 +5,8 @@ import argparse
 import logging
 import time
 
-from .phantoms import PHANTOMS
-from .scan import SimConfig, simulate_series
+from tomocorioc.sim.phantoms import PHANTOMS
+from tomocorioc.sim.scan import SimConfig, simulate_series
 
 log = logging.getLogger(__name__)
 

@@ -369,7 +369,7 @@ def make_phantom(kind: str, radius: float, nrows: int, seed: int = 0,
     if max_attenuation is None:
         return phantom
     # Imported here: the projector depends on this module.
-    from .projector import normalised
+    from tomocorioc.sim.projector import normalised
     return normalised(phantom, int(nrows), float(max_attenuation))
 
 

@@ -25,7 +25,7 @@ from typing import Iterable, Sequence, Tuple
 
 import numpy as np
 
-from .phantoms import Cylinder, Ellipsoid, Phantom, Shape
+from tomocorioc.sim.phantoms import Cylinder, Ellipsoid, Phantom, Shape
 
 log = logging.getLogger(__name__)
 

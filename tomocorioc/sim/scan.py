@@ -23,8 +23,8 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union
 import h5py
 import numpy as np
 
-from .phantoms import PHANTOMS, Phantom, make_phantom
-from .projector import project
+from tomocorioc.sim.phantoms import PHANTOMS, Phantom, make_phantom
+from tomocorioc.sim.projector import project
 
 try:  # POSIX advisory lock so concurrent writers do not lose truth entries.
     import fcntl

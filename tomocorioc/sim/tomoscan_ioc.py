@@ -34,8 +34,8 @@ import numpy as np
 from caproto import ChannelType, SkipWrite
 from caproto.server import PVGroup, pvproperty
 
-from .phantoms import PHANTOMS, Phantom
-from .scan import SimConfig, append_theta, build_phantom, merge_truth, write_scan
+from tomocorioc.sim.phantoms import PHANTOMS, Phantom
+from tomocorioc.sim.scan import SimConfig, append_theta, build_phantom, merge_truth, write_scan
 
 log = logging.getLogger(__name__)
 
@@ -529,7 +529,7 @@ def _build(args: argparse.Namespace) -> Tuple[SimOptions, SimConfig, Phantom]:
 async def _serve(args: argparse.Namespace, options: SimOptions, base: SimConfig, phantom: Phantom,
                  interfaces: List[str]) -> int:
     """Serve until SIGTERM/SIGINT, then shut the simulated tomoScan down cleanly."""
-    from ..ioc.ca_server import RobustContext
+    from tomocorioc.ioc.ca_server import RobustContext
 
     ioc = SimTomoScan(prefix=args.prefix, options=options, base=base, phantom=phantom)
     await ioc.restore()
@@ -561,7 +561,7 @@ async def _serve(args: argparse.Namespace, options: SimOptions, base: SimConfig,
 
 def run_sim_tomoscan(args: argparse.Namespace) -> int:
     """Entry point of ``tomocorioc sim-tomoscan``: 0 on a clean stop, 2 on bad options, 1 on I/O errors."""
-    from ..ioc.serve import configure_network
+    from tomocorioc.ioc.serve import configure_network
 
     try:
         options, base, phantom = _build(args)

@@ -1,0 +1,73 @@
+"""Scan sizes from the files themselves (h5py): what auto-skip judges (see :mod:`tomocorioc.core.series`)."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Iterable, List, Optional
+
+from tomocorioc.core.series import (
+    DATA_PATH,
+    DEFAULT_SKIP_THRESHOLD,
+    PathLike,
+    ScanSize,
+    SkipDecision,
+    check_skip_threshold,
+    undersized_scans,
+)
+
+log = logging.getLogger(__name__)
+
+
+def read_scan_size(path: PathLike) -> ScanSize:
+    """Projections of ``/exchange/data`` and file bytes; an unreadable file gives ``error``, never raises."""
+    file = str(path)
+    try:
+        nbytes: Optional[int] = os.stat(file).st_size
+    except OSError as exc:
+        return ScanSize(file, error=f"unreadable: {exc.strerror or exc}")
+    import h5py  # here: the IOC imports this module, and most calls never open a file
+
+    try:
+        # No HDF5 file lock: the detector writer may still hold the file open.
+        with _open_h5(h5py, file) as fh:
+            dset = fh.get(DATA_PATH)
+            if not isinstance(dset, h5py.Dataset):
+                return ScanSize(file, nbytes=nbytes, error=f"unreadable: no {DATA_PATH} dataset")
+            if len(dset.shape) < 1:
+                return ScanSize(file, nbytes=nbytes, error=f"unreadable: {DATA_PATH} is a scalar")
+            return ScanSize(file, nproj=int(dset.shape[0]), nbytes=nbytes)
+    except (OSError, KeyError, ValueError, RuntimeError) as exc:
+        return ScanSize(file, nbytes=nbytes, error=f"unreadable: {exc}")
+
+
+def _open_h5(h5py: Any, file: str) -> Any:
+    try:
+        return h5py.File(file, "r", locking=False)
+    except TypeError:  # h5py < 3.5 has no locking argument
+        return h5py.File(file, "r")
+
+
+def find_undersized(paths: Iterable[PathLike], threshold: float = DEFAULT_SKIP_THRESHOLD, *,
+                    skip_unreadable: bool = False) -> List[SkipDecision]:
+    """Read the files' sizes and judge them per series (see :func:`undersized_scans`).
+
+    Unreadable files are only logged by default: a file still being written
+    can be unreadable for a moment, and a broken one fails its try phase
+    with its own error anyway.  ``skip_unreadable=True`` skips them too.
+    """
+    threshold = check_skip_threshold(threshold)
+    sizes = [read_scan_size(p) for p in paths]
+    skips = undersized_scans(sizes, threshold)
+    for s in sizes:
+        if s.error is None:
+            continue
+        if skip_unreadable:
+            skips.append(SkipDecision(s.file, s.error))
+        else:
+            log.warning("%s: %s; not judged for auto-skip", s.file, s.error)
+    for d in skips:
+        log.info("auto-skip %s: %s", d.file, d.reason)
+    return skips
+
+
+__all__ = ["read_scan_size", "find_undersized", "DATA_PATH"]

@@ -1,1 +1,0 @@
-"""Dispatcher and supervised worker processes (one per GPU slot)."""

@@ -1,0 +1,273 @@
+"""The pipeline service: durable queue + dispatcher + settings + series tools.
+
+This is what the CLI's ``run`` and the IOC drive.  Every operation is a short
+call that validates, mutates the queue (which writes the store) and wakes the
+dispatcher; the work happens in the worker processes.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional, Sequence
+
+from tomocorioc.core import series as series_tools
+from tomocorioc.core import sidecar
+from tomocorioc.core.jobs import Row
+from tomocorioc.core.params import ReconParams
+from tomocorioc.core.queue import JobQueue, QueueError
+from tomocorioc.core.result import Job
+from tomocorioc.core.rotcen import read_rot_cen, update_rot_cen
+from tomocorioc.core.settings import ServiceSettings
+from tomocorioc.data.scansize import find_undersized
+from tomocorioc.service.local import LocalDispatcher, SlotSpec, slots_for
+from tomocorioc.service.protocol import ClusterStatus, Dispatcher
+from tomocorioc.service.store import StateStore
+
+log = logging.getLogger(__name__)
+
+RUNNER = "tomocorioc.worker.runner:make_runner"
+# Builds a dispatcher from (queue, slots, factory, runner config, job builder, **callbacks); tests pass a fake.
+DispatcherFactory = Callable[..., Dispatcher]
+
+
+class Service:
+    """Owns the store, the queue and the dispatcher."""
+
+    def __init__(self, state_dir: Optional[Path], slots: Optional[List[SlotSpec]],
+                 runner_config: Optional[Dict[str, Any]] = None,
+                 settings: Optional[ServiceSettings] = None, factory: str = RUNNER, *,
+                 cluster: Optional[str] = None, path_map: Optional[List[str]] = None,
+                 dispatcher_factory: Optional[DispatcherFactory] = None) -> None:
+        self.store = StateStore(state_dir)
+        saved = self.store.settings().get("service")
+        self.settings = settings or (ServiceSettings.from_dict(saved) if saved else ServiceSettings())
+        # An Event, not a Condition: _persist runs under the queue's lock, and a
+        # waiter holding a Condition while asking the queue would invert the order.
+        self._changed = threading.Event()
+        self.queue = JobQueue(on_change=self._persist, max_retries=self.settings.max_retries,
+                              series_barrier=self.settings.series_barrier, auto_fix=self.settings.auto_fix_outliers)
+        self.queue.load(self.store.load_rows(), self.store.meta("fixed_series", []))
+        self._factory, self._runner_config = factory, runner_config or {}
+        self.cluster, self.path_map = cluster, list(path_map or [])
+        self._dispatcher_factory = dispatcher_factory
+        if slots is None:   # the stored Gpus setting (as the IOC's Gpus PV last set it)
+            slots = slots_for(self.settings.gpus)
+        self.dispatcher = self._make_dispatcher(slots)
+        self.messages: List[str] = []
+        self.last_finished: Optional[Dict[str, Any]] = None   # latest 'finished' dispatcher event
+        # Recent 'finished' events with a sequence number, so a poller misses none between two looks.
+        self.finished_events: Deque[Dict[str, Any]] = deque(maxlen=256)
+        self._event_seq = 0
+        self.last_started: Optional[Dict[str, Any]] = None
+        self._started = False
+        self.store.set_setting("service", self.settings.to_dict())
+
+    def _make_dispatcher(self, slots: Sequence[SlotSpec]) -> Dispatcher:
+        """Local slots, or the GPU workers of a Dask cluster (``cluster`` address): same interface."""
+        common: Dict[str, Any] = dict(timeouts=self.settings.timeouts, on_series_ready=self._series_ready,
+                                      on_event=self._on_event)
+        if self._dispatcher_factory is not None:
+            return self._dispatcher_factory(self.queue, list(slots), self._factory, self._runner_config,
+                                            self.build_job, **common)
+        if self.cluster:
+            from tomocorioc.service.cluster import ClusterDispatcher
+            return ClusterDispatcher(self.queue, slots, self._factory, self._runner_config, self.build_job,
+                                     cluster=self.cluster, path_map=self.path_map, **common)
+        return LocalDispatcher(self.queue, list(slots), self._factory, self._runner_config, self.build_job,
+                               **common)
+
+    def cluster_status(self) -> ClusterStatus:
+        """ClusterStatus / NumWorkers / NumGpus: the Dask cluster, or the local slots."""
+        return self.dispatcher.cluster_status()
+
+    def _on_event(self, kind: str, data: Dict[str, Any]) -> None:
+        # Runs on the dispatcher thread: record only (readers poll these attributes).
+        data = dict(data, time=time.time())
+        if kind == "finished":
+            self._event_seq += 1
+            data["seq"] = self._event_seq
+            self.last_finished = data
+            self.finished_events.append(data)
+        elif kind == "started":
+            self.last_started = data
+        elif kind in ("worker-lost", "fatal"):
+            self.notice(f"{data.get('slot')}: {data.get('msg')}")
+
+    # -- lifecycle -------------------------------------------------------------
+    def start(self) -> None:
+        """Start the workers and the dispatch loop."""
+        self.dispatcher.start()
+        self._started = True
+
+    def stop(self) -> None:
+        """Stop workers and close the store (running jobs are re-queued on the next start)."""
+        self.dispatcher.stop()
+        self.store.close()
+
+    def _persist(self, rows: List[Row], events: List[dict], removed: List[int]) -> None:
+        for e in events:
+            e.setdefault("path", next((r.path for r in rows if r.id == e["row_id"]), None))
+        order = [r.id for r in self.queue._rows] if rows or removed else None
+        self.store.save(rows, events, removed, order)
+        self.store.set_meta("fixed_series", sorted(self.queue.fixed_series))
+        self._changed.set()
+        if hasattr(self, "dispatcher"):
+            self.dispatcher.wake()
+
+    def notice(self, msg: str) -> None:
+        """Record a one-line operator message."""
+        log.warning("%s", msg)
+        self.messages.append(msg)
+        del self.messages[:-100]
+
+    # -- jobs --------------------------------------------------------------------
+    def params_for(self, path: str) -> ReconParams:
+        """Global parameters overlaid with the dataset's sidecar."""
+        params, warning = sidecar.resolve(path, self.settings.params)
+        if warning:
+            self.notice(warning)
+        return params
+
+    def build_job(self, row: Row, phase: str) -> Job:
+        """What a worker receives for one phase of one row (ValueError/OSError: a bad sidecar or path)."""
+        s = self.settings
+        return Job(path=row.path, phase=phase, params=self.params_for(row.path).to_dict(), cor=row.cor,
+                   estimate=row.estimate, cor_method=s.cor_method, model=s.model, metric=s.metric,
+                   tomolog=dict(s.tomolog))
+
+    # -- operations ------------------------------------------------------------
+    def enqueue(self, paths: Iterable[str], phases: Optional[Dict[str, bool]] = None) -> List[int]:
+        """Add files (with ``phases``, else the configured phase enables); then auto-skip undersized scans."""
+        ids = self.queue.add([str(p) for p in paths], phases if phases is not None else self.settings.phases)
+        if ids:
+            self.auto_skip({self.queue.row(i).series for i in ids})
+        return ids
+
+    def enqueue_failed(self, path: str, reason: str, phases: Optional[Dict[str, bool]] = None) -> Optional[int]:
+        """Queue a file as failed with ``reason`` (it never became readable); None if already queued."""
+        ids = self.queue.add([str(path)], phases if phases is not None else self.settings.phases, failed=reason)
+        if not ids:
+            return None
+        self.notice(f"{Path(path).name}: {reason}")
+        return ids[0]
+
+    def abort(self) -> int:
+        """Cancel everything; running workers are killed and restarted."""
+        running = self.queue.abort()
+        self.dispatcher.kill_running(running)
+        return len(running)
+
+    def auto_skip(self, series: Optional[Iterable[str]] = None) -> List[str]:
+        """Disable scans much smaller than their series' median (aborted acquisitions)."""
+        rows = [r for r in self.queue.rows() if series is None or r.series in set(series)]
+        skipped = []
+        for item in find_undersized([r.path for r in rows], self.settings.skip_threshold):
+            rid = self.queue.find(item.file)
+            if rid is not None and not self.queue.row(rid).skipped and not self.queue.row(rid).running_phase:
+                self.queue.mark_skipped(rid, item.reason)
+                skipped.append(item.file)
+                self.notice(f"skipped {Path(item.file).name}: {item.reason}")
+        return skipped
+
+    def fix_outliers(self, ids: Optional[Iterable[int]] = None) -> List[Dict[str, Any]]:
+        """Fix COR Outliers over the selected rows (all rows when None); returns the changes."""
+        rows = self.queue.rows()
+        selected = set(ids) if ids is not None else {r.id for r in rows}
+        table = [{"file": r.path, "cor": r.cor, "selected": r.id in selected} for r in rows]
+        result = series_tools.fix_cor_outliers(table, max_delta=self.settings.max_cor_delta)
+        changes = []
+        for ch in result.changes:
+            row = rows[ch.row]
+            self.queue.set_cor(row.id, ch.new, ch.source, ch.reason)
+            changes.append({"file": row.path, "old": ch.old, "new": ch.new, "reason": ch.reason})
+        for s in result.unfilled_series:
+            self.notice(f"series {s!r}: no COR to fill from")
+        return changes
+
+    def apply_params(self, source_id: int, target_ids: Iterable[int]) -> int:
+        """'Apply to selected': copy one row's sidecar to other rows; returns how many were written."""
+        src = self.queue.row(source_id).path
+        n = 0
+        for rid in target_ids:
+            if rid == source_id:
+                continue
+            sidecar.copy_to(src, self.queue.row(rid).path)
+            n += 1
+        return n
+
+    def import_rot_cen(self, path: Path) -> int:
+        """Set CORs from TomoGUI's rot_cen.json for rows in the queue (source 'imported')."""
+        n = 0
+        for file, cor in read_rot_cen(path).items():
+            rid = self.queue.find(file)
+            if rid is not None and cor is not None:
+                self.queue.set_cor(rid, cor, "imported", f"from {Path(path).name}")
+                n += 1
+        return n
+
+    def export_rot_cen(self, path: Path) -> Path:
+        """Write every row's COR to a TomoGUI rot_cen.json (merging with what is there)."""
+        update_rot_cen(path, {r.path: r.cor for r in self.queue.rows()})
+        return Path(path)
+
+    def update_settings(self, changes: Optional[Mapping[str, Any]] = None, **fields: Any) -> None:
+        """Change settings as one validated record, persist it, then make it visible.
+
+        ``changes`` maps dotted paths (``params.search_width``) to values;
+        keyword arguments name top-level fields (``params`` may be a dict of
+        ReconParams fields).  A bad value raises SettingError (a ValueError)
+        and nothing changes.
+        """
+        merged: Dict[str, Any] = dict(changes or {})
+        for key, value in fields.items():
+            if key == "params" and isinstance(value, Mapping):
+                merged.update({f"params.{k}": v for k, v in value.items()})
+            else:
+                merged[key] = value
+        new = self.settings.changed(merged)
+        self.store.set_setting("service", new.to_dict())   # first durable, then visible
+        self.settings = new
+        self.queue.max_retries = new.max_retries
+        self.queue.series_barrier, self.queue.auto_fix = new.series_barrier, new.auto_fix_outliers
+        self.dispatcher.timeouts = dict(new.timeouts)
+        self.dispatcher.wake()
+
+    def set_slots(self, slots: Sequence[SlotSpec]) -> None:
+        """Replace the worker slots (e.g. a new GPU list); refused while a job runs."""
+        if self.queue.has_running():
+            raise QueueError("cannot change the worker slots while jobs run")
+        if self.cluster:
+            raise QueueError("with --cluster the slots are the cluster's GPU workers; Gpus does not apply")
+        was_started = self._started
+        self.dispatcher.stop()
+        self.dispatcher = self._make_dispatcher(slots)
+        if was_started:
+            self.dispatcher.start()
+
+    def start_queue(self) -> int:
+        """Operator 'Start': queue cancelled/failed phases again and resume; returns rows requeued."""
+        n = self.queue.retry_failed()
+        self.queue.resume()
+        return n
+
+    def _series_ready(self, series: str) -> None:
+        ids = [r.id for r in self.queue.rows() if r.series == series]
+        self.fix_outliers(ids)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until nothing runs and nothing can start (True), or the timeout (False)."""
+        end = time.monotonic() + timeout
+        while True:
+            self._changed.clear()  # before the check, so a change in between is not lost
+            if self.queue.idle():
+                return True
+            left = end - time.monotonic()
+            if left <= 0:
+                return False
+            self._changed.wait(min(left, 1.0))
+
+
+__all__ = ["Service", "ServiceSettings", "RUNNER"]

@@ -1,0 +1,1 @@
+"""Helpers only tests and benchmarks use: a trivial runner and an in-process fake dispatcher."""

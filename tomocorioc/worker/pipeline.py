@@ -1,0 +1,163 @@
+"""Phases A-C for one file: try -> infer (choose the COR) -> full, each returning a :class:`PhaseResult`.
+
+This is the worker-side unit of work: it owns the numerics' heavy objects
+(backend, AI scorer) for as long as it lives, so the model is loaded once and
+reused for every file.  The order of the phases, retries and the queue are
+the service's business (:mod:`tomocorioc.service`); here each call is one phase.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from tomocorioc.core import layout
+from tomocorioc.core.cor import CorChoice, agreement, choose
+from tomocorioc.core.params import COR_METHODS, DEFAULT_METRIC, ParamError, ReconParams
+from tomocorioc.core.result import PhaseResult
+from tomocorioc.data.dxfile import DXFile
+from tomocorioc.worker.cor import classical
+from tomocorioc.worker.cor.vo import find_center_vo
+from tomocorioc.worker.recon.base import Backend, ReconError, write_json
+from tomocorioc.worker.recon.preprocess import preprocess
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InferOptions:
+    """How phase B chooses the COR."""
+
+    cor_method: str = "auto"
+    model: Optional[str] = None
+    metric: str = DEFAULT_METRIC
+    agree_tolerance: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.cor_method not in COR_METHODS:
+            raise ParamError(f"cor method must be one of {', '.join(COR_METHODS)}, got {self.cor_method!r}")
+        if self.cor_method == "ai" and not self.model:
+            raise ParamError("cor method ai needs a model (a tomocor checkpoint)")
+        if not math.isfinite(self.agree_tolerance) or self.agree_tolerance < 0:
+            raise ParamError("agree_tolerance must be a finite number >= 0")
+
+    @property
+    def use_ai(self) -> bool:
+        """The AI scorer chooses (ai, or auto with a model)."""
+        return self.cor_method == "ai" or (self.cor_method == "auto" and bool(self.model))
+
+
+def sinogram_estimate(scan: DXFile, params: ReconParams) -> Optional[float]:
+    """Vo's sinogram estimate of the COR at the try row (None if it cannot be made)."""
+    row = scan.row_index(params.nsino)
+    block = scan.read_rows(row, row + 1)
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+    sino = preprocess(t(block.proj), t(block.flat), t(block.dark), dezinger_width=params.dezinger,
+                      dezinger_threshold=params.dezinger_threshold)[0].numpy()
+    theta = scan.theta_deg()
+    span = float(np.ptp(theta))
+    if span < 170 or span > 190:
+        log.info("%s: theta spans %.1f deg; sinogram estimate needs ~180 deg, skipped", scan.path, span)
+        return None
+    try:
+        return find_center_vo(sino)
+    except ValueError as exc:
+        log.warning("%s: no sinogram estimate (%s)", scan.path, exc)
+        return None
+
+
+class Pipeline:
+    """Runs one phase of one file at a time; keeps the backend and the AI model between files."""
+
+    def __init__(self, backend: Backend, params: ReconParams, options: InferOptions,
+                 progress: Optional[Callable[[str, int, int], None]] = None) -> None:
+        self.backend = backend
+        self.params = params
+        self.options = options
+        self.progress = progress
+        self._scorer: Any = None  # AI scorer, created on first use and reused
+
+    def _phase_progress(self, phase: str) -> Optional[Callable[[int, int], None]]:
+        if self.progress is None:
+            return None
+        return lambda done, total: self.progress(phase, done, total)
+
+    def _ai_scorer(self) -> Any:
+        if self._scorer is None:
+            from tomocorioc.worker.ai import AIScorer  # local: torch/timm model code only when AI is used
+            self._scorer = AIScorer(self.options.model)
+        return self._scorer
+
+    # -- phases -----------------------------------------------------------------
+    def run_try(self, path: Path, estimate: Optional[float] = None) -> PhaseResult:
+        """Phase A: the try stack, its grid centred as the sinogram estimate requires."""
+        notes: List[str] = []
+        with DXFile(path) as scan:
+            if estimate is None:
+                estimate = sinogram_estimate(scan, self.params)
+            ncols = scan.ncols
+        axis = self.params.rotation_axis
+        if axis is None:
+            axis = ncols / 2.0
+            if estimate is not None and abs(estimate - axis) > 0.8 * self.params.search_width:
+                # Far off-centre axis: centre the grid on the estimate (half-pixel aligned).
+                axis = round(estimate * 2) / 2.0
+                notes.append(f"try grid centred on the sinogram estimate {axis:.1f}")
+        out = self.backend.run_try(path, self.params, axis, progress=self._phase_progress("try"))
+        return PhaseResult(True, "; ".join(notes) or "try done", estimate=estimate, seconds=round(out.seconds, 3),
+                           notes=tuple(notes))
+
+    def run_infer(self, path: Path, estimate: Optional[float] = None,
+                  extra: Optional[Dict[str, Any]] = None) -> PhaseResult:
+        """Phase B: score the try stack, choose the COR, write center_of_rotation.txt and the scores."""
+        t0 = time.perf_counter()
+        folder = layout.try_dir(path)
+        if not folder.is_dir() or not layout.list_try_slices(folder):
+            raise ReconError(f"no try slices in {folder}; run the try phase first")
+        cls = classical.score_try_folder(folder, self.options.metric)
+        cls_choice = choose(cls.centers, cls.scores, estimate=estimate, agree_tolerance=self.options.agree_tolerance)
+        record: Dict[str, Any] = {"classical": {"metric": cls.metric, "centers": cls.centers, "scores": cls.scores,
+                                                "cor": cls_choice.cor, "confidence": cls_choice.confidence,
+                                                "unscored": cls.unscored}}
+        if self.options.use_ai:
+            ai = self._ai_scorer().score_try_folder(folder)
+            ag = agreement(ai.cor, cls_choice.cor, self.options.agree_tolerance)
+            choice = CorChoice(cor=float(ai.cor), grid_cor=float(ai.cor), index=int(ai.best_index),
+                               peak_confidence=float(ai.margin_confidence),
+                               confidence=float(ai.margin_confidence) * ag, estimate=cls_choice.cor,
+                               needs_review=ag < 1.0)
+            if ag < 1.0:
+                choice.notes.append(f"AI COR {ai.cor:.2f} disagrees with the classical {cls_choice.cor:.2f}")
+            source = "ai"
+            record["ai"] = {"centers": ai.centers, "scores": ai.scores, "margins": ai.margins,
+                            "cor": ai.cor, "margin_confidence": ai.margin_confidence,
+                            "unscored": ai.unscored, "device": ai.device, "dtype": ai.dtype}
+            cors = [c for c in ai.tied_cors if c != ai.cor] + [ai.cor]
+        else:
+            choice, source = cls_choice, "classical"
+            cors = [cls_choice.cor]
+        layout.write_cor_file(folder, cors)
+        record.update({"method": source, "cor": choice.cor, "grid_cor": choice.grid_cor,
+                       "confidence": choice.confidence, "estimate": estimate,
+                       "needs_review": choice.needs_review, "notes": choice.notes})
+        record.update(extra or {})
+        write_json(folder / layout.SCORES_FILE, record)
+        return PhaseResult(True, "; ".join(choice.notes) or "infer done", cor=choice.cor, cor_source=source,
+                           confidence=choice.confidence, needs_review=choice.needs_review, estimate=estimate,
+                           seconds=round(time.perf_counter() - t0, 3), notes=tuple(choice.notes))
+
+    def run_full(self, path: Path, cor: Optional[float]) -> PhaseResult:
+        """Phase C: the volume at ``cor``."""
+        if cor is None:
+            raise ReconError("no COR for the full phase (run infer or set a COR)")
+        out = self.backend.run_full(path, self.params, float(cor), progress=self._phase_progress("full"))
+        return PhaseResult(True, "full done", seconds=round(out.seconds, 3))
+
+
+__all__ = ["Pipeline", "InferOptions", "sinogram_estimate"]

@@ -1,0 +1,1 @@
+"""tomocorioc.worker.recon."""
