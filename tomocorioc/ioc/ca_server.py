@@ -188,10 +188,30 @@ def _prop(p: PVDef) -> pvproperty:
     return pvproperty(**kw)
 
 
+class SettingsAutosave(AutosaveHelper):
+    """caproto's autosave, restoring only the setting PVs.
+
+    The stock helper writes every PV the file names; a hand-edited or old
+    file naming a command (``Abort``) or a PV that no longer exists must not
+    act at start-up: those entries are logged once and skipped.
+    """
+
+    async def restore_values(self, data: Dict[str, Any]) -> None:
+        group = self.parent
+        keep: Dict[str, Any] = {}
+        for pvname, info in data.items():
+            p = group.defs.get(pvname[len(group.prefix):]) if pvname.startswith(group.prefix) else None
+            if p is None or not p.autosave:
+                log.warning("autosave: %s is not a setting of this IOC; not restored", pvname)
+                continue
+            keep[pvname] = info
+        await super().restore_values(keep)
+
+
 class _Base(PVGroup):
     """Behaviour shared by the generated group (the PVs are added by :func:`build_group`)."""
 
-    autosave_helper = SubGroup(AutosaveHelper)
+    autosave_helper = SubGroup(SettingsAutosave)
 
     def __init__(self, *args: Any, controller: Controller, autosave_file: Optional[Path] = None,
                  **kwargs: Any) -> None:

@@ -95,8 +95,10 @@ class Controller:
             if p.role is Role.SELECT:
                 return self._select(p, value)
             raise PutError(f"{name}: no handler")   # a COMMAND PV missing from the table: a bug
-        except PutError:
-            raise
+        except PutError as exc:
+            if str(exc).startswith(name):
+                raise
+            raise PutError(f"{name}: {one_line(exc)}") from None   # every refusal names its PV
         except (QueueError, ValueError, OSError) as exc:
             raise PutError(f"{name}: {one_line(exc)}") from None
 
@@ -121,6 +123,7 @@ class Controller:
         gpus = p.conv.to_setting(p, value)
         if self.slot_factory is None:
             raise PutError("Gpus: this IOC cannot change its worker slots")
+        self.service.settings.changed({p.setting: gpus})   # the whole record validates before any slot changes
         slots = self.slot_factory(gpus)   # ValueError on a bad list
         if gpus != self.service.settings.gpus:
             self.service.set_slots(slots)
@@ -232,6 +235,14 @@ class Controller:
                 return real
         raise PutError(f"{path} is outside the data roots ({', '.join(map(str, self.data_roots))})")
 
+    def _inside_roots(self, path: Path) -> bool:
+        try:
+            self.under_roots(path)
+        except PutError:
+            log.warning("Enqueue: %s resolves outside the data roots; not queued", path)
+            return False
+        return True
+
     def expand(self, text: str) -> List[str]:
         """A file, a directory (its scans) or a glob -> scan paths under the data roots."""
         if any(ch in text for ch in "*?["):
@@ -247,7 +258,10 @@ class Controller:
                 raise PutError(f"Enqueue: path must be absolute: {text}")
             real = self.under_roots(Path(text))
             if real.is_dir():
-                paths = sorted(str(f) for f in real.iterdir() if f.is_file() and f.suffix.lower() in SCAN_SUFFIXES)
+                found = sorted(f for f in real.iterdir() if f.is_file() and f.suffix.lower() in SCAN_SUFFIXES)
+                paths = [str(f) for f in found if self._inside_roots(f)]   # a symlink may point outside
+                if found and not paths:
+                    raise PutError(f"Enqueue: every scan file in {text} lies outside the data roots")
                 if not paths:
                     raise PutError(f"Enqueue: no scan files ({', '.join(SCAN_SUFFIXES)}) in {text}")
             elif real.is_file():
@@ -282,9 +296,9 @@ class Controller:
     def _select(self, p: PVDef, value: Any) -> Any:
         q = self.service.queue
         if p.name == "SelectFile":
+            self.selected = None   # a refused selection leaves none: Selected:* never act on the old file
             name = text(p, value)
             if not name:
-                self.selected = None
                 return ""
             rid = q.find(name)
             if rid is None:

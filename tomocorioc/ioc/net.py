@@ -153,4 +153,5 @@ def stop_process(proc: Optional[subprocess.Popen], timeout: float = 5.0) -> None
             continue
 
 
-__all__ = ["appimage_apprun", "free_port", "free_ports", "loopback_env", "repeater_answers", "start_ca_repeater", "stop_process"]
+__all__ = ["appimage_apprun", "free_port", "free_ports", "loopback_env", "repeater_answers", "start_ca_repeater",
+           "stop_process"]

@@ -11,6 +11,7 @@ setting is one settings field plus one ``bound(...)`` line here.
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -120,7 +121,13 @@ def _cmd(name: str, desc: str, label: str) -> PVDef:
 
 def pv_table() -> List[PVDef]:
     """Every PV of the IOC, in screen order."""
-    S, T, C, X = Role.STATUS, Role.SETTING, Role.COMMAND, Role.SELECT
+    return list(_table())
+
+
+@functools.lru_cache(maxsize=1)
+def _table() -> Tuple[PVDef, ...]:
+    """The table, built once (PVDefs are immutable)."""
+    S, C, X = Role.STATUS, Role.COMMAND, Role.SELECT
     pvs: List[PVDef] = [
         # -- status (tomoStream style)
         _b("ServerRunning", S, "Python server alive (watchdog)", "Stopped", "Running", out=False),
@@ -222,7 +229,7 @@ def pv_table() -> List[PVDef]:
     names = [p.name for p in pvs]
     if len(set(names)) != len(names):
         raise AssertionError("duplicate PV names")
-    return pvs
+    return tuple(pvs)
 
 
 def by_name() -> Dict[str, PVDef]:

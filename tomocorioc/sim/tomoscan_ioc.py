@@ -489,7 +489,8 @@ def add_sim_tomoscan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flats", type=int, default=d.nflat, help=f"flat fields (default {d.nflat})")
     parser.add_argument("--darks", type=int, default=d.ndark, help=f"dark fields (default {d.ndark})")
     parser.add_argument("--offset", type=float, default=0.0, help="COR offset from the detector centre, px")
-    parser.add_argument("--offset-jitter", type=float, default=0.3, help="uniform COR jitter per scan, +-px (default 0.3)")
+    parser.add_argument("--offset-jitter", type=float, default=0.3,
+                        help="uniform COR jitter per scan, +-px (default 0.3)")
     parser.add_argument("--outlier-index", type=int, metavar="I",
                         help="0-based scan index with a COR jump (I=2: FileName_0003.h5)")
     parser.add_argument("--outlier-jump", type=float, default=30.0, metavar="PX", help="outlier jump (default 30)")

@@ -18,9 +18,13 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from tomocorioc.core.scanwatch import Action, ActionKind, LinkState, ScanEndDetector, Stability
+from tomocorioc.core.settings import ServiceSettings
+from tomocorioc.core.spec import spec_of
 from tomocorioc.service.protocol import ServiceAPI
 
 log = logging.getLogger(__name__)
+
+_DEFAULT_COMPLETE_TIMEOUT: float = spec_of(ServiceSettings, "trigger_timeout").default
 
 CHECK_PERIOD = 0.2   # s between completeness checks of a pending file
 
@@ -76,7 +80,7 @@ class TriggerManager:
     """Owns the trigger thread, the tomoScan link and the folder watchers."""
 
     def __init__(self, service: ServiceAPI, phases: Callable[[], Dict[str, bool]],
-                 accept: Callable[[str], str], complete_timeout: float = 300.0, quiet: float = 1.0,
+                 accept: Callable[[str], str], complete_timeout: float = _DEFAULT_COMPLETE_TIMEOUT, quiet: float = 1.0,
                  name_wait: float = 10.0) -> None:
         self.service = service
         self.phases = phases          # which phases an auto-queued file gets (read at queue time)

@@ -75,8 +75,8 @@ class ScalePlan:
     @property
     def shape(self) -> Tuple[int, int]:
         """Shape of the image the windows are cut from."""
-        t, b, l, r = self.pad
-        return self.scaled_shape[0] + t + b, self.scaled_shape[1] + l + r
+        top, bottom, left, right = self.pad
+        return self.scaled_shape[0] + top + bottom, self.scaled_shape[1] + left + right
 
     @property
     def unique_corners(self) -> Tuple[Tuple[int, int], ...]:
@@ -194,9 +194,9 @@ def _prepare_numpy(x: np.ndarray, plan: ScalePlan, quantize: bool, max_nonfinite
     if quantize:
         x = (x * np.float32(255)).astype(np.uint8) / np.float32(255)
     if any(plan.pad):
-        t, b, l, r = plan.pad
+        top, bottom, left, right = plan.pad
         border = np.concatenate([x[0], x[-1], x[:, 0], x[:, -1]])
-        x = np.pad(x, ((t, b), (l, r)), mode="constant", constant_values=_lower_median(border))
+        x = np.pad(x, ((top, bottom), (left, right)), mode="constant", constant_values=_lower_median(border))
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
@@ -219,9 +219,9 @@ def _prepare_torch(arr: np.ndarray, plan: ScalePlan, device: torch.device, quant
     if quantize:
         x = torch.floor(x * 255.0) / 255.0  # values are >= 0, so floor == uint8 truncation
     if any(plan.pad):
-        t, b, l, r = plan.pad
+        top, bottom, left, right = plan.pad
         border = torch.cat([x[0], x[-1], x[:, 0], x[:, -1]])
-        x = F.pad(x[None], (l, r, t, b), mode="constant", value=float(border.median()))[0]
+        x = F.pad(x[None], (left, right, top, bottom), mode="constant", value=float(border.median()))[0]
     return x
 
 

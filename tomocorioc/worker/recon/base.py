@@ -70,7 +70,8 @@ def check_try_outputs(folder: Path, centers: Sequence[float], row: Optional[int]
     have = {round(s.center, 2) for s in found if s.path.stat().st_size > 0}
     missing = [c for c in centers if round(float(c), 2) not in have]
     if missing:
-        raise ReconError(f"try wrote {len(have)}/{len(centers)} slices in {folder}; missing e.g. centre {missing[0]:.2f}")
+        raise ReconError(f"try wrote {len(have)}/{len(centers)} slices in {folder}; "
+                         f"missing e.g. centre {missing[0]:.2f}")
     return found
 
 
