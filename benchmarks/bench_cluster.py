@@ -26,14 +26,16 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import distributed
 from distributed import LocalCluster
 
+from tomocorioc.core.jobs import Row
 from tomocorioc.core.queue import JobQueue
+from tomocorioc.core.result import Job
 from tomocorioc.service.cluster import ClusterDispatcher
-from tomocorioc.service.local import Dispatcher, SlotSpec
+from tomocorioc.service.local import LocalDispatcher, SlotSpec
 
 TRIVIAL = "tomocorioc.testing.trivial_runner:make_runner"
 ONLY_TRY = {"try": True, "infer": False, "full": False}
@@ -87,18 +89,23 @@ def _files(folder: Path, jobs: int, rnd: int, backend: str) -> List[str]:
     return out
 
 
+def _sleep_job(seconds: float) -> Callable[[Row, str], Job]:
+    """The job builder of both backends: each job sleeps ``seconds`` in the trivial runner."""
+    return lambda row, phase: Job(path=row.path, phase=phase, extra={"action": "sleep", "seconds": seconds})
+
+
 def run_local(folder: Path, rnd: int, jobs: int, workers: int, seconds: float) -> Result:
     """The local backend: ``workers`` persistent slot processes."""
     q = JobQueue()
     spans: Dict[int, List[Tuple[float, float]]] = {}
-    d = Dispatcher(q, [SlotSpec(f"s{i}") for i in range(workers)], TRIVIAL, {},
-                   lambda row, phase: {"path": row.path, "phase": phase, "action": "sleep", "seconds": seconds})
+    d = LocalDispatcher(q, [SlotSpec(f"s{i}") for i in range(workers)], TRIVIAL, {}, _sleep_job(seconds))
     q._on_change = lambda *a: d.wake()
     on_message = d._on_message
 
     def capture(slot, msg):
-        if msg.get("type") == "result" and "t_start" in msg:
-            spans.setdefault(msg["pid"], []).append((msg["t_start"], msg["t_end"]))
+        data = msg["result"].data if msg.get("type") == "result" else {}
+        if "t_start" in data:
+            spans.setdefault(data["pid"], []).append((data["t_start"], data["t_end"]))
         on_message(slot, msg)
     d._on_message = capture  # type: ignore[method-assign]
     d.start()
@@ -118,22 +125,20 @@ def run_cluster(address: str, folder: Path, rnd: int, jobs: int, workers: int, s
     """The Dask backend on a running cluster of ``workers`` GPU=1 workers."""
     q = JobQueue()
     spans: Dict[int, List[Tuple[float, float]]] = {}
-    d = ClusterDispatcher(q, [], TRIVIAL, {},
-                          lambda row, phase: {"path": row.path, "phase": phase, "action": "sleep", "seconds": seconds},
-                          cluster=address)
+    d = ClusterDispatcher(q, [], TRIVIAL, {}, _sleep_job(seconds), cluster=address)
     q._on_change = lambda *a: d.wake()
     on_result = d._on_result
 
     def capture(gpu, job, result):
-        if "t_start" in result:
-            spans.setdefault(result["pid"], []).append((result["t_start"], result["t_end"]))
+        if "t_start" in result.data:
+            spans.setdefault(result.data["pid"], []).append((result.data["t_start"], result.data["t_end"]))
         on_result(gpu, job, result)
     d._on_result = capture  # type: ignore[method-assign]
     d.start()
     try:
         if not d.wait_connected(60):
-            raise TimeoutError(f"scheduler {address}: {d.cluster_status()['status']}")
-        _wait(lambda: sum(s["ready"] for s in d.slot_status()) == workers, 120, "cluster workers")
+            raise TimeoutError(f"scheduler {address}: {d.cluster_status().text}")
+        _wait(lambda: sum(s.ready for s in d.slot_status()) == workers, 120, "cluster workers")
         paths = _files(folder, jobs, rnd, "cluster")
         t0 = time.time()
         q.add(paths, ONLY_TRY)

@@ -18,7 +18,8 @@ import time
 from typing import Dict, List, Tuple
 
 from tomocorioc.core.queue import JobQueue
-from tomocorioc.service.local import Dispatcher, SlotSpec
+from tomocorioc.core.result import Job
+from tomocorioc.service.local import LocalDispatcher, SlotSpec
 
 CHILD = "import sys, time; t=time.time(); time.sleep(float(sys.argv[1])); print(t, time.time())"
 
@@ -27,15 +28,17 @@ def run_dispatcher(jobs: int, slots: int, seconds: float) -> Tuple[float, List[f
     """(wall s, latencies s, utilisation) for the dispatcher with persistent workers."""
     q = JobQueue()
     results: Dict[str, List[Tuple[float, float]]] = {}
-    d = Dispatcher(q, [SlotSpec(f"s{i}") for i in range(slots)], "tomocorioc.testing.trivial_runner:make_runner", {},
-                   lambda row, phase: {"action": "sleep", "seconds": seconds})
+    d = LocalDispatcher(q, [SlotSpec(f"s{i}") for i in range(slots)], "tomocorioc.testing.trivial_runner:make_runner",
+                        {}, lambda row, phase: Job(path=row.path, phase=phase,
+                                                   extra={"action": "sleep", "seconds": seconds}))
     q._on_change = lambda *a: d.wake()
-    # Collect the worker's own time stamps from the result messages.
+    # Collect the worker's own time stamps from the result messages (the PhaseResult's data).
     orig_on_message = d._on_message
 
     def on_message(slot, msg):
-        if msg.get("type") == "result" and "t_start" in msg:
-            results.setdefault(slot.spec.name, []).append((msg["t_start"], msg["t_end"]))
+        data = msg["result"].data if msg.get("type") == "result" else {}
+        if "t_start" in data:
+            results.setdefault(slot.spec.name, []).append((data["t_start"], data["t_end"]))
         orig_on_message(slot, msg)
     d._on_message = on_message  # type: ignore[method-assign]
     d.start()

@@ -1,11 +1,15 @@
-"""The Dask cluster backend with a real LocalCluster (processes, loopback): the local scenarios and more.
+"""The Dask cluster backend with a real LocalCluster (processes, loopback): what only the cluster does.
 
-Flow in phase order, runner (model) cache per worker process, GPU pinning by
-the preload, a crashing job retried, a worker killed mid-job (re-run
-elsewhere), a worker added mid-run, a hung job cancelled within its timeout
-(its process tree killed, the worker restarted, the others working on), abort,
-the path map and a file the workers cannot open, the scheduler lost, and the
-real phases runner through the Service.
+The cases both backends share (completion, failures, a crashing job retried,
+timeouts, abort, slot and cluster status, series release) are in
+``test_dispatcher_contract.py``.  Here: flow in phase order with the runner
+(model) cache per worker process, GPU pinning by the preload and by the
+documented worker command, a worker killed mid-job (re-run elsewhere), a
+worker added mid-run, a hung job cancelled within its timeout (its process
+tree killed, the worker restarted, the others working on), a runner that
+cannot start, the path map and a file the workers cannot open, the scheduler
+lost or unreachable, and the real phases runner through the Service, the IOC
+and the command line.
 """
 import contextlib
 import logging
@@ -28,7 +32,9 @@ from tomocorioc.core.jobs import PhaseState as S  # noqa: E402
 from tomocorioc.core.params import ReconParams  # noqa: E402
 from tomocorioc.core.pathmap import PathMap  # noqa: E402
 from tomocorioc.core.queue import JobQueue  # noqa: E402
+from tomocorioc.core.result import Job  # noqa: E402
 from tomocorioc.service.cluster import ClusterDispatcher  # noqa: E402
+from tomocorioc.service.protocol import SlotState  # noqa: E402
 from tomocorioc.worker.dask_plugin import RunnerCache, gpu_for  # noqa: E402
 
 TRIVIAL = "tomocorioc.testing.trivial_runner:make_runner"
@@ -47,7 +53,7 @@ def local_cluster(n=2, **kw):
 
 
 class Run:
-    """A queue, real files and a ClusterDispatcher; records events and the workers' result dicts."""
+    """A queue, real files and a ClusterDispatcher; records events and the workers' results (flattened)."""
 
     def __init__(self, cl, folder, jobs, phases=TRY_ONLY, retries=0, timeouts=None, path_map=None, data=None,
                  factory=TRIVIAL):
@@ -57,14 +63,15 @@ class Run:
         self.q = JobQueue(max_retries=retries)
         self.ids = [self.add(name, action) for name, action in jobs.items()]
         self.d = ClusterDispatcher(self.q, [], factory, {},
-                                   lambda row, phase: dict(self.spec[row.path], path=row.path, phase=phase),
+                                   lambda row, phase: Job(path=row.path, phase=phase, extra=self.spec[row.path]),
                                    timeouts=timeouts or {}, on_event=self._event, cluster=cl.scheduler_address,
                                    path_map=path_map)
         self.q._on_change = lambda *a: self.d.wake()
         on_result = self.d._on_result
 
-        def capture(gpu, job, result):
-            self.results.append(dict(result, row=job.row_id, phase=job.phase, slot=gpu.name))
+        def capture(gpu, job, result):   # result.data: the trivial runner's pid, jobs, env_gpu, runners_built...
+            self.results.append(dict(result.data, success=result.success, msg=result.msg, row=job.row_id,
+                                     phase=job.phase, slot=gpu.name))
             on_result(gpu, job, result)
         self.d._on_result = capture
 
@@ -120,8 +127,8 @@ def test_flow_in_phase_order_model_cache_and_gpu_pinning(tmp_path):
         assert wait_for(lambda: r.q.idle(), 60)
         assert all(r.q.row(i).status == "done" for i in r.ids)
         status = r.d.cluster_status()
-        assert status["status"] == "connected: 2 workers, 2 GPUs" and status["gpus"] == 2
-        assert sorted(s["name"] for s in r.d.slot_status()) == ["127.0.0.1:gpu5", "127.0.0.1:gpu7"]
+        assert status.text == "connected: 2 workers, 2 GPUs" and (status.workers, status.gpus) == (2, 2)
+        assert sorted(s.name for s in r.d.slot_status()) == ["127.0.0.1:gpu5", "127.0.0.1:gpu7"]
         assert r.d.heartbeat > 0
     assert len(r.results) == 18 and all(x["success"] for x in r.results)
     for rid in r.ids:   # per file, the phases ran in order
@@ -157,16 +164,16 @@ def test_documented_worker_command_pins_one_gpu_per_worker_and_restarts_one(tmp_
         jobs = {"w_0.h5": {"action": "hang"}}
         jobs.update({f"w_{i}.h5": {"action": "sleep", "seconds": 0.1} for i in range(1, 5)})
         with Run(cl, tmp_path / "d", {}, timeouts={"try": 2.0}) as r:
-            assert wait_for(lambda: r.d.cluster_status()["gpus"] == 2, 60), r.d.cluster_status()
-            assert sorted(s["name"] for s in r.d.slot_status()) == ["127.0.0.1:gpu3", "127.0.0.1:gpu4"]
+            assert wait_for(lambda: r.d.cluster_status().gpus == 2, 60), r.d.cluster_status()
+            assert sorted(s.name for s in r.d.slot_status()) == ["127.0.0.1:gpu3", "127.0.0.1:gpu4"]
             ids = [r.add(name, action) for name, action in jobs.items()]
             assert wait_for(lambda: r.q.idle(), 60)
             assert [r.q.row(i).status for i in ids] == ["failed"] + ["done"] * 4
             assert "timed out after 2 s" in r.q.row(ids[0]).error
             assert {(x["slot"], x["env_gpu"]) for x in r.results} <= {("127.0.0.1:gpu3", "3"), ("127.0.0.1:gpu4", "4")}
             # only the hung worker's process was replaced; it is pinned to its GPU again and takes jobs
-            assert wait_for(lambda: sorted(s["name"] for s in r.d.slot_status())
-                            == ["127.0.0.1:gpu3", "127.0.0.1:gpu4"] and all(s["ready"] for s in r.d.slot_status()), 30)
+            assert wait_for(lambda: sorted(s.name for s in r.d.slot_status())
+                            == ["127.0.0.1:gpu3", "127.0.0.1:gpu4"] and all(s.ready for s in r.d.slot_status()), 30)
             before = {x["slot"]: x["pid"] for x in r.results}
             more = [r.add(f"w_{i}.h5", {"action": "sleep", "seconds": 0.2}) for i in range(5, 9)]
             assert wait_for(lambda: all(r.q.row(i).status == "done" for i in more), 30)
@@ -183,19 +190,6 @@ def test_documented_worker_command_pins_one_gpu_per_worker_and_restarts_one(tmp_
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait(5)
         log.close()
-
-
-def test_crashing_job_is_retried_then_failed_others_continue(tmp_path):
-    with local_cluster(2) as cl, Run(cl, tmp_path, {"c_1.h5": {"action": "crash"}, "c_2.h5": {"action": "ok"},
-                                                    "c_3.h5": {"action": "fail"}}, retries=2) as r:
-        assert wait_for(lambda: r.q.idle(), 90)
-        row = r.q.row(r.ids[0])
-        assert row.state["try"] is S.FAILED and row.attempts == 3 and "left the cluster" in row.error
-        assert r.state(1) is S.DONE
-        assert r.state(2) is S.FAILED and "requested failure" in r.q.row(r.ids[2]).error
-        lost = [e for k, e in r.events if k == "worker-lost"]
-        assert [e["requeued"] for e in lost] == [True, True, False]
-        assert wait_for(lambda: r.d.cluster_status()["gpus"] == 2, 30)   # the nannies restarted the workers
 
 
 def test_worker_killed_mid_job_reruns_elsewhere_nothing_lost(tmp_path):
@@ -218,9 +212,9 @@ def test_worker_added_mid_run_gets_jobs(tmp_path):
     with local_cluster(1) as cl, \
             Run(cl, tmp_path, {f"n_{i}.h5": {"action": "sleep", "seconds": 0.3} for i in range(12)}) as r:
         assert wait_for(lambda: r.state(0) is not S.QUEUED, 30)
-        assert r.d.cluster_status()["gpus"] == 1
+        assert r.d.cluster_status().gpus == 1
         cl.scale(2)
-        assert wait_for(lambda: r.d.cluster_status()["gpus"] == 2, 30)
+        assert wait_for(lambda: r.d.cluster_status().gpus == 2, 30)
         assert wait_for(lambda: r.q.idle(), 60)
         assert all(r.q.row(i).status == "done" for i in r.ids)
     pids = [x["pid"] for x in r.results]
@@ -241,19 +235,9 @@ def test_hung_job_cancelled_within_timeout_worker_restarted_others_work(tmp_path
         assert "timed out after 2 s" in r.q.row(r.ids[0]).error
         child = int(pidfile.read_text())
         assert wait_for(lambda: not _alive(child), 15), "the hung job's child must die with its worker"
-        assert wait_for(lambda: r.d.cluster_status()["gpus"] == 2, 30)   # restarted, not the cluster
+        assert wait_for(lambda: r.d.cluster_status().gpus == 2, 30)   # restarted, not the cluster
         later = [r.add(f"h_{i}.h5", {"action": "ok"}) for i in (7, 8, 9)]
         assert wait_for(lambda: all(r.q.row(i).state["try"] is S.DONE for i in later), 30)
-
-
-def test_abort_cancels_running_job_and_worker_comes_back(tmp_path):
-    with local_cluster(1) as cl, Run(cl, tmp_path, {"x_1.h5": {"action": "hang"}, "x_2.h5": {"action": "ok"}}) as r:
-        assert wait_for(lambda: r.state(0) is S.RUNNING, 30)
-        r.d.kill_running(r.q.abort())
-        assert all(r.q.row(i).status == "cancelled" for i in r.ids)
-        r.q.retry_failed([r.ids[1]])
-        assert wait_for(lambda: r.state(1) is S.DONE, 30)
-        assert [x["row"] for x in r.results] == [r.ids[1]]
 
 
 def test_runner_that_cannot_start_marks_the_worker_broken(tmp_path):
@@ -263,8 +247,8 @@ def test_runner_that_cannot_start_marks_the_worker_broken(tmp_path):
         row = r.q.row(r.ids[0])
         assert row.state["try"] is S.FAILED and row.attempts == 2
         assert re.search(r"worker \S+ start failed: ModuleNotFoundError", row.error), row.error
-        assert [s["state"] for s in r.d.slot_status()] == ["broken", "broken"]
-        assert not any(s["ready"] for s in r.d.slot_status())
+        assert [s.state for s in r.d.slot_status()] == [SlotState.BROKEN, SlotState.BROKEN]
+        assert not any(s.ready for s in r.d.slot_status())
         assert len([e for k, e in r.events if k == "fatal"]) == 2
 
 
@@ -289,8 +273,7 @@ def test_scheduler_lost_requeues_running_jobs(tmp_path):
         with Run(cl, tmp_path, {"l_1.h5": {"action": "sleep", "seconds": 2.0}}, retries=1) as r:
             assert wait_for(lambda: r.state(0) is S.RUNNING, 30)
             cl.close()
-            assert wait_for(lambda: r.d.cluster_status()["state"] == "lost", 20), r.d.cluster_status()
-            assert r.d.cluster_status()["status"].startswith("lost: ")
+            assert wait_for(lambda: r.d.cluster_status().text.startswith("lost: "), 20), r.d.cluster_status()
             assert r.state(0) is S.QUEUED and r.q.row(r.ids[0]).attempts == 1
             assert r.d.slot_status() == []
     finally:
@@ -299,14 +282,17 @@ def test_scheduler_lost_requeues_running_jobs(tmp_path):
 
 def test_unreachable_scheduler_reports_connecting_and_keeps_beating():
     q = JobQueue()
-    d = ClusterDispatcher(q, [], TRIVIAL, {}, lambda row, phase: {}, cluster="tcp://127.0.0.1:9",
+    d = ClusterDispatcher(q, [], TRIVIAL, {}, lambda row, phase: Job(path=row.path, phase=phase),
+                          cluster="tcp://127.0.0.1:9",
                           connect_timeout=1.0)
     d.start()
     try:
         assert not d.wait_connected(1.5)
         beat = d.heartbeat
         assert wait_for(lambda: d.heartbeat > beat, 3)
-        assert d.cluster_status()["status"].startswith("connecting to tcp://127.0.0.1:9")
+        status = d.cluster_status()
+        assert status.text.startswith("connecting to tcp://127.0.0.1:9") and (status.workers, status.gpus) == (0, 0)
+        assert d.slot_status() == []
     finally:
         t0 = time.monotonic()
         d.stop()
@@ -346,14 +332,12 @@ def test_service_runs_the_phases_on_the_cluster(tmp_path):
     truths = [simulate_scan(data / f"s_{i:04d}.h5", SimConfig(ncols=64, nrows=4, nproj=61, offset=off, seed=i,
                                                                  noise=20000))
               for i, off in ((1, 1.5), (2, -2.0))]
-    settings = ServiceSettings(params=ReconParams(search_width=6),
-                               timeouts={"try": 120.0, "infer": 120.0, "full": 120.0, "tomolog": 60.0})
-    svc = Service(tmp_path / "state", [], {"backend": "torch", "device": "cpu"}, settings)
+    settings = ServiceSettings(params=ReconParams(search_width=6), try_timeout=120.0, infer_timeout=120.0,
+                               full_timeout=120.0, tomolog_timeout=60.0)
     with local_cluster(2) as cl:
-        svc.dispatcher.stop()   # the service builds a local dispatcher; use the cluster instead
-        svc.dispatcher = ClusterDispatcher(svc.queue, [], svc._factory, svc._runner_config, svc.build_job,
-                                           timeouts=svc.settings.timeouts, on_series_ready=svc._series_ready,
-                                           on_event=svc._on_event, cluster=cl.scheduler_address)
+        svc = Service(tmp_path / "state", [], {"backend": "torch", "device": "cpu"}, settings,
+                      cluster=cl.scheduler_address)
+        assert isinstance(svc.dispatcher, ClusterDispatcher)
         svc.enqueue([str(p) for p in sorted(data.glob("*.h5"))], {"try": True, "infer": True, "full": True})
         svc.start()
         try:
@@ -363,7 +347,7 @@ def test_service_runs_the_phases_on_the_cluster(tmp_path):
             for r, t in zip(rows, truths):
                 assert abs(r.cor - t["cor"]) < 0.5 and r.cor_source
                 assert layout.full_dir(Path(r.path)).is_dir() and layout.try_dir(Path(r.path)).is_dir()
-            assert {e["slot"] for e in svc.finished_events} <= {s["name"] for s in svc.dispatcher.slot_status()}
+            assert {e["slot"] for e in svc.finished_events} <= {s.name for s in svc.dispatcher.slot_status()}
         finally:
             svc.stop()
 

@@ -1,4 +1,10 @@
-"""The dispatcher with real worker processes: flow, persistence of worker state, timeouts, crashes."""
+"""The local dispatcher with real worker processes: what only local slots do.
+
+The cases every backend shares (completion, failures, retries, timeouts, abort, slot and cluster
+status, series release) are in ``test_dispatcher_contract.py``; here: jobs spread over all slots with
+persistent workers, a single slot restarted after a crash (with the exit code), a timeout killing
+only its own slot's process tree, and the ``--gpus`` slot list.
+"""
 import os
 import time
 
@@ -6,19 +12,22 @@ import pytest
 
 from tomocorioc.core.jobs import PhaseState as S
 from tomocorioc.core.queue import JobQueue
-from tomocorioc.service.local import Dispatcher, SlotSpec, slots_for
+from tomocorioc.core.result import Job
+from tomocorioc.service.local import LocalDispatcher, SlotSpec, slots_for
+from tomocorioc.service.protocol import SlotState
 
 TRIVIAL = "tomocorioc.testing.trivial_runner:make_runner"
 
 
 def make(jobs, nslots=2, timeouts=None, retries=0, events=None):
-    """jobs: {path: action dict}; every phase of a row runs that action."""
+    """jobs: {path: action dict}; every phase of a row runs that action (``Job.extra``)."""
     q = JobQueue(max_retries=retries)
     ids = q.add(list(jobs), phases={"try": True, "infer": False, "full": False})
     by_path = {q.row(i).path: spec for i, spec in zip(ids, jobs.values())}
-    d = Dispatcher(q, [SlotSpec(f"s{i}", {"CUDA_VISIBLE_DEVICES": str(i)}) for i in range(nslots)], TRIVIAL, {},
-                   lambda row, phase: dict(by_path[row.path], path=row.path, phase=phase),
-                   timeouts=timeouts or {}, on_event=(lambda k, d: events.append((k, d))) if events is not None else None)
+    d = LocalDispatcher(q, [SlotSpec(f"s{i}", {"CUDA_VISIBLE_DEVICES": str(i)}) for i in range(nslots)], TRIVIAL,
+                        {}, lambda row, phase: Job(path=row.path, phase=phase, extra=by_path[row.path]),
+                        timeouts=timeouts or {},
+                        on_event=(lambda k, d: events.append((k, d))) if events is not None else None)
     q._on_change = lambda *a: d.wake()
     return q, ids, d
 
@@ -44,17 +53,20 @@ def test_jobs_run_on_all_slots_and_workers_persist(tmp_path):
     assert len(done) == 8 and {e["slot"] for e in done} == {"s0", "s1"}
     starts = [e for k, e in events if k == "started"]
     assert len(starts) == 8
+    assert not [e for k, e in events if k == "worker-lost"]   # one worker per slot for the whole run
 
 
 def test_killed_worker_is_restarted_and_job_failed_others_continue():
     q, ids, d = make({"/d/c_1.h5": {"action": "crash"}, "/d/c_2.h5": {"action": "ok"},
-                      "/d/c_3.h5": {"action": "ok"}}, nslots=1)
+                      "/d/c_3.h5": {"action": "ok"}}, nslots=1, retries=2)
     d.start()
     try:
         assert wait_for(lambda: q.idle() and q.row(ids[2]).state["try"] is S.DONE)
         r = q.row(ids[0])
-        assert r.state["try"] is S.FAILED and "worker died (exit code 3)" in r.error
+        assert r.state["try"] is S.FAILED and r.error == "try: worker died (exit code 3)"
+        assert r.attempts == 3  # first run + 2 retries, each on a restarted worker of the one slot
         assert q.row(ids[1]).state["try"] is S.DONE
+        assert wait_for(lambda: [s.state for s in d.slot_status()] == [SlotState.IDLE], 30)
     finally:
         d.stop()
 
@@ -72,29 +84,6 @@ def test_timeout_kills_the_process_tree_and_only_that_slot(tmp_path):
         assert "timed out after 3 s" in q.row(ids[0]).error
         child = int(pidfile.read_text())
         assert wait_for(lambda: not _alive(child), 10), "the hung child must die with its worker"
-    finally:
-        d.stop()
-
-
-def test_retry_after_worker_death():
-    q, ids, d = make({"/d/r_1.h5": {"action": "crash"}}, nslots=1, retries=2)
-    d.start()
-    try:
-        assert wait_for(lambda: q.row(ids[0]).state["try"] is S.FAILED, 60)
-        assert q.row(ids[0]).attempts == 3  # first run + 2 retries
-    finally:
-        d.stop()
-
-
-def test_abort_kills_running_job():
-    q, ids, d = make({"/d/x_1.h5": {"action": "hang"}, "/d/x_2.h5": {"action": "ok"}}, nslots=1)
-    d.start()
-    try:
-        assert wait_for(lambda: q.row(ids[0]).state["try"] is S.RUNNING)
-        d.kill_running(q.abort())
-        assert all(q.row(i).status == "cancelled" for i in ids)
-        q.retry_failed([ids[1]])
-        assert wait_for(lambda: q.row(ids[1]).state["try"] is S.DONE, 30)  # the slot came back
     finally:
         d.stop()
 

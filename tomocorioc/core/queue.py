@@ -383,9 +383,10 @@ class JobQueue:
         return False
 
     def idle(self) -> bool:
-        """True when nothing is running and nothing can start."""
+        """True when nothing is running, nothing can start and no series waits for its release."""
         with self._lock:
-            return not any(r.running_phase for r in self._rows) and self.next_job() is None
+            return (not any(r.running_phase for r in self._rows) and self.next_job() is None
+                    and not self.series_awaiting_fix())
 
     def has_running(self) -> bool:
         """True while any phase is running."""

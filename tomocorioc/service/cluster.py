@@ -1,7 +1,8 @@
 """The cluster backend: queue jobs run on the GPU workers of a Dask distributed cluster.
 
-:class:`ClusterDispatcher` has the local :class:`~.dispatcher.Dispatcher`'s
-surface plus :meth:`ClusterDispatcher.cluster_status`.  One thread owns all
+:class:`ClusterDispatcher` implements the same
+:class:`~tomocorioc.service.protocol.Dispatcher` protocol as the local slots, on
+the same base (:mod:`.dispatch_base`).  One thread owns all
 state; it blocks on a wake-up pipe until the nearest deadline (at most 1 s, for
 the heartbeat).  Dask callbacks and the helper threads doing the blocking
 cluster calls (connect, read the worker table, fetch a result, kill a worker)
@@ -12,7 +13,7 @@ and retries stay with the service (``queue.worker_lost``).  A job past its
 timeout is cancelled and its worker's process tree killed through the nanny,
 which starts a fresh one; a worker leaving mid-job hands its job back to the
 queue.  The durable state is the IOC's database: the cluster holds nothing
-the service cannot rebuild.  The worker side is :mod:`.dask_worker`.
+the service cannot rebuild.  The worker side is :mod:`tomocorioc.worker.dask_plugin`.
 """
 from __future__ import annotations
 

@@ -4,7 +4,8 @@ It puts itself in a new session (so the dispatcher can kill it together with
 any tomocupy/TomoLog children), pins its GPU through the environment before
 anything imports CUDA, builds its runner once (so an AI model stays loaded
 between files) and then executes jobs sent over its pipe.  Every job answer,
-success or not, is a plain dict: errors cross the process boundary as data.
+success or not, is a :class:`~tomocorioc.core.result.PhaseResult`: errors
+cross the process boundary as data.
 """
 from __future__ import annotations
 
