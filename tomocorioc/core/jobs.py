@@ -6,6 +6,7 @@ has its own state; every change of a phase state goes through
 """
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import math
@@ -125,6 +126,11 @@ class Row:
             if self.state[p] is PhaseState.QUEUED:
                 return p
         return None
+
+    def copy(self) -> "Row":
+        """An independent copy (its containers copied; results are immutable and shared)."""
+        return dataclasses.replace(self, phases=dict(self.phases), state=dict(self.state), notes=list(self.notes),
+                                   timings=dict(self.timings), results=dict(self.results))
 
     def to_dict(self) -> Dict[str, Any]:
         """JSON-able record (the durable form)."""

@@ -82,12 +82,12 @@ class JobQueue:
     def rows(self) -> List[Row]:
         """A snapshot copy of all rows in order."""
         with self._lock:
-            return [Row.from_dict(r.to_dict()) for r in self._rows]
+            return [r.copy() for r in self._rows]
 
     def row(self, row_id: int) -> Row:
         """A copy of one row."""
         with self._lock:
-            return Row.from_dict(self._get(row_id).to_dict())
+            return self._get(row_id).copy()
 
     def find(self, path: str) -> Optional[int]:
         """Row id for a path (as added, or resolved), or None."""
@@ -326,7 +326,7 @@ class JobQueue:
             transition(r, phase, PhaseState.RUNNING, "dispatched")
             r.error = None
             self._changed([r])
-            return Row.from_dict(r.to_dict())
+            return r.copy()
 
     def finish(self, row_id: int, phase: str, result: PhaseResult) -> None:
         """Record a phase's result; a failure blocks the row's later phases."""
