@@ -1,4 +1,4 @@
-"""Locate the shared test fixtures (``TOMOCORIOC_FIXTURES`` or ``<repo>/../shared/fixtures``)."""
+"""Shared test helpers: where the fixtures are (``TOMOCORIOC_FIXTURES`` or ``../shared/fixtures``), process checks."""
 from __future__ import annotations
 
 import os
@@ -25,3 +25,16 @@ def fixture_dir(name: str) -> Path:
             pytest.fail(msg)
         pytest.skip(msg)
     return path
+
+
+def pid_alive(pid: int) -> bool:
+    """True while process ``pid`` exists and is not a zombie (a zombie is dead for our purpose)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            return "zombie" not in fh.read()
+    except OSError:
+        return False

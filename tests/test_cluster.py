@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 distributed = pytest.importorskip("distributed")
+from _fixtures import pid_alive  # noqa: E402
 from distributed import Client, LocalCluster  # noqa: E402
 
 from tomocorioc.core.jobs import PhaseState as S  # noqa: E402
@@ -234,7 +235,7 @@ def test_hung_job_cancelled_within_timeout_worker_restarted_others_work(tmp_path
         assert 2.0 <= failed - started < 3.5
         assert "timed out after 2 s" in r.q.row(r.ids[0]).error
         child = int(pidfile.read_text())
-        assert wait_for(lambda: not _alive(child), 15), "the hung job's child must die with its worker"
+        assert wait_for(lambda: not pid_alive(child), 15), "the hung job's child must die with its worker"
         assert wait_for(lambda: r.d.cluster_status().gpus == 2, 30)   # restarted, not the cluster
         later = [r.add(f"h_{i}.h5", {"action": "ok"}) for i in (7, 8, 9)]
         assert wait_for(lambda: all(r.q.row(i).state["try"] is S.DONE for i in later), 30)
@@ -351,17 +352,6 @@ def test_service_runs_the_phases_on_the_cluster(tmp_path):
         finally:
             svc.stop()
 
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            return "zombie" not in fh.read()
-    except OSError:
-        return False
 
 
 def test_ioc_with_cluster_shows_the_workers_and_runs_the_pipeline(tmp_path):

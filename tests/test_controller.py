@@ -727,6 +727,19 @@ def _ioc(data: Path, autosave: Path) -> Tuple[Service, Controller, Any]:
     return svc, ctl, build_group("AS:", ctl, autosave)
 
 
+def _restore(svc: Service, group: Any, autosave: Path) -> None:
+    """What the IOC's start-up does with an autosave file, then stop the service."""
+    async def restore() -> None:
+        await group.publish_settings()
+        await group.autosave_helper.restore_from_file(autosave)
+        await _cancel_the_rest()
+    try:
+        asyncio.run(restore())
+    finally:
+        group.executor.shutdown(wait=True)
+        svc.stop()
+
+
 def test_autosave_round_trip_restores_every_setting_and_nothing_else(tmp_path: Path, data: Path, model: Path):
     autosave = tmp_path / "autosave" / "tomoCor_settings.json"
     svc, ctl, group = _ioc(data, autosave)
@@ -787,16 +800,7 @@ def test_autosave_restore_refuses_a_bad_value_alone(tmp_path: Path, data: Path, 
                                     "AS:NSino": {"value": 0.25, "fields": {}},
                                     "AS:FbpFilter": {"value": "ramp", "fields": {}}}))
     svc, ctl, group = _ioc(data, tmp_path / "other.json")
-
-    async def restore() -> None:
-        await group.publish_settings()
-        await group.autosave_helper.restore_from_file(autosave)
-        await _cancel_the_rest()
-    try:
-        asyncio.run(restore())
-    finally:
-        group.executor.shutdown(wait=True)
-        svc.stop()
+    _restore(svc, group, autosave)
     assert svc.settings.max_cor_delta == 50.0 and svc.settings.model is None
     assert svc.settings.params.nsino == 0.25 and svc.settings.params.fbp_filter == "ramp"
     assert group.pvdb["AS:MaxCorDelta"].value == 50.0 and group.pvdb["AS:NSino"].value == 0.25
@@ -812,16 +816,7 @@ def test_autosave_restore_skips_commands_and_unknown_names(tmp_path: Path, data:
                                     "AS:JobTimeout": {"value": 5.0, "fields": {}},
                                     "AS:NSino": {"value": 0.75, "fields": {}}}))
     svc, ctl, group = _ioc(data, tmp_path / "other.json")
-
-    async def restore() -> None:
-        await group.publish_settings()
-        await group.autosave_helper.restore_from_file(autosave)
-        await _cancel_the_rest()
-    try:
-        asyncio.run(restore())
-    finally:
-        group.executor.shutdown(wait=True)
-        svc.stop()
+    _restore(svc, group, autosave)
     assert not svc.queue.paused and svc.settings.params.nsino == 0.75
     skipped = [r.getMessage() for r in caplog.records if "not a setting of this IOC" in r.getMessage()]
     assert len(skipped) == 2

@@ -5,10 +5,10 @@ status, series release) are in ``test_dispatcher_contract.py``; here: jobs sprea
 persistent workers, a single slot restarted after a crash (with the exit code), a timeout killing
 only its own slot's process tree, and the ``--gpus`` slot list.
 """
-import os
 import time
 
 import pytest
+from _fixtures import pid_alive
 
 from tomocorioc.core.jobs import PhaseState as S
 from tomocorioc.core.queue import JobQueue
@@ -83,7 +83,7 @@ def test_timeout_kills_the_process_tree_and_only_that_slot(tmp_path):
         assert wait_for(lambda: q.row(ids[0]).state["try"] is S.FAILED, 30)
         assert "timed out after 3 s" in q.row(ids[0]).error
         child = int(pidfile.read_text())
-        assert wait_for(lambda: not _alive(child), 10), "the hung child must die with its worker"
+        assert wait_for(lambda: not pid_alive(child), 10), "the hung child must die with its worker"
     finally:
         d.stop()
 
@@ -94,14 +94,3 @@ def test_slots_from_gpus():
     with pytest.raises(ValueError):
         slots_for("a,b")
 
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is dead for our purpose
-        with open(f"/proc/{pid}/status") as fh:
-            return "zombie" not in fh.read()
-    except OSError:
-        return False

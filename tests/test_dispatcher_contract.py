@@ -17,6 +17,7 @@ import re
 import time
 
 import pytest
+from _fixtures import pid_alive
 
 from tomocorioc.core.jobs import PhaseState as S
 from tomocorioc.core.queue import JobQueue
@@ -142,17 +143,6 @@ def harness(request, tmp_path):
         h.close()
 
 
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is dead for our purpose
-        with open(f"/proc/{pid}/status") as fh:
-            return "zombie" not in fh.read()
-    except OSError:
-        return False
-
 
 # -- the contract ---------------------------------------------------------------------------------------------
 def test_jobs_run_to_completion_in_phase_order(harness):
@@ -206,7 +196,7 @@ def test_job_past_its_timeout_is_killed_retried_and_failed_slot_keeps_working(ha
     assert h.state(quick) is S.DONE
     if pidfile.exists():   # the hung job's child dies with its worker
         child = int(pidfile.read_text())
-        assert wait_for(lambda: not _alive(child), 15), "the hung job's child must die with its worker"
+        assert wait_for(lambda: not pid_alive(child), 15), "the hung job's child must die with its worker"
     assert h.all_idle(60), h.d.slot_status()
     later = h.add({f"h_{i}.h5": OK for i in range(3, 6)})
     assert wait_for(lambda: all(h.state(i) is S.DONE for i in later), 60)
