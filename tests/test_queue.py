@@ -9,7 +9,7 @@ from tomocorioc.core.result import PhaseResult
 
 def mk(n=3, **kw):
     seen = []
-    q = JobQueue(on_change=lambda rows, ev, rem: seen.append((rows, ev, rem)), **kw)
+    q = JobQueue(on_change=lambda rows, ev, rem, fixed: seen.append((rows, ev, rem)), **kw)
     ids = q.add([f"/d/s_{i:04d}.h5" for i in range(1, n + 1)])
     return q, ids, seen
 

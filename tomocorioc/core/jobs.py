@@ -80,6 +80,7 @@ class Row:
     timings: Dict[str, float] = field(default_factory=dict)
     results: Dict[str, PhaseResult] = field(default_factory=dict)   # the last result of each phase
     updated: float = field(default_factory=time.time)
+    order: float = 0.0               # queue position key (sparse: a move rewrites only the moved row)
 
     def __post_init__(self) -> None:
         for p in PHASES:

@@ -9,6 +9,7 @@ snapshot into the PVs that changed.  Workarounds for caproto 1.3.0 live in
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import socket
@@ -30,7 +31,6 @@ log = logging.getLogger(__name__)
 STATUS_PERIOD = 0.5      # s between full status snapshots (elapsed times, trigger status)
 CHANGE_POLL = 0.02       # s between looks at the queue's change counter
 WATCHDOG_START = 4       # counts 4..0 once a second: Stopped 4-5 s after the last heartbeat
-AUTOSAVE_DEBOUNCE = 0.3  # s: one save for a burst of setting puts
 
 
 class RobustCircuit(VirtualCircuit):
@@ -196,6 +196,16 @@ class SettingsAutosave(AutosaveHelper):
     act at start-up: those entries are logged once and skipped.
     """
 
+    _restored = False
+
+    async def restore_from_file(self, filename: Any) -> None:
+        """Restore once: ``serve`` restores before it starts dispatching, so caproto's start-up hook does not
+        restore again over the command line's values."""
+        if self._restored:
+            return
+        self._restored = True
+        await super().restore_from_file(filename)
+
     async def restore_values(self, data: Dict[str, Any]) -> None:
         group = self.parent
         keep: Dict[str, Any] = {}
@@ -220,7 +230,7 @@ class _Base(PVGroup):
         self.defs = {p.name: p for p in pv_table()}
         self._props: Dict[str, Any] = {}
         self._last: Dict[str, Any] = {}
-        self._save_pending = False
+        self._autosave_error = ""
         self._watchdog = Watchdog(WATCHDOG_START)
         super().__init__(*args, **kwargs)
         for p in self.defs.values():
@@ -234,38 +244,51 @@ class _Base(PVGroup):
 
     # -- puts --------------------------------------------------------------------
     async def handle_put(self, instance: Any, value: Any) -> Any:
-        """The putter of every writable PV: validate + apply off the loop, or fail the put."""
+        """The putter of every writable PV: validate + apply (and autosave) off the loop, or fail the put."""
         name = instance.pvname[len(self.prefix):]
         p = self.defs[name]
         loop = asyncio.get_running_loop()
         try:
-            result = await loop.run_in_executor(self.executor, self.controller.put, name, value)
+            result = await loop.run_in_executor(self.executor, self._apply, name, value)
         except PutError as exc:
             self.controller.message(str(exc))
             await self._publish({"Message": self.controller.last_message})
             raise
-        if p.role is Role.SETTING:
-            self._schedule_save()
         if p.kind.is_enum:
             result = p.enums[int(result)]
         # Selection and page changes alter many readbacks: publish at once, not at the next tick.
         loop.call_soon(lambda: asyncio.ensure_future(self.refresh()))
         return result
 
-    def _schedule_save(self) -> None:
-        if self._save_pending:
-            return
-        self._save_pending = True
+    def _apply(self, name: str, value: Any) -> Any:
+        """Controller put, then (for a setting) the autosave file, before the put is acknowledged: a SIGKILL
+        right after an acknowledged put still finds it at restart."""
+        result = self.controller.put(name, value)
+        if self.defs[name].role is Role.SETTING:
+            self.write_autosave()
+        return result
 
-        async def later() -> None:
-            await asyncio.sleep(AUTOSAVE_DEBOUNCE)
-            self._save_pending = False
-            await self.autosave_helper.save()
-        asyncio.ensure_future(later())
+    def write_autosave(self) -> None:
+        """Write every setting, as the controller holds it, to the autosave file (atomically: temp + rename)."""
+        path = Path(self.autosave_helper.filename)
+        data = {self.prefix + name: {"value": self.defs[name].enums[int(v)] if self.defs[name].kind.is_enum else v,
+                                     "fields": {}}
+                for name, v in self.controller.setting_values().items()}
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            tmp.write_text(json.dumps(data))
+            os.replace(tmp, path)
+        except OSError as exc:   # a full or read-only disk: the settings are in the state store all the same
+            text = f"autosave failed: {exc.strerror or exc} ({path.parent})"
+            if text != self._autosave_error:
+                self.controller.message(text)
+                self._autosave_error = text
+            return
+        self._autosave_error = ""
 
     async def save_now(self) -> None:
         """Write the autosave file (on exit)."""
-        await self.autosave_helper.save()
+        await asyncio.get_running_loop().run_in_executor(self.executor, self.write_autosave)
 
     # -- status ------------------------------------------------------------------
     async def _publish(self, values: Dict[str, Any]) -> None:
@@ -302,20 +325,32 @@ class _Base(PVGroup):
         next_tick = next_full = time.monotonic()
         pending: Optional[asyncio.Future] = None
         seen = None
+        last_error = ""
         while True:
-            now = time.monotonic()
-            if now >= next_tick:
-                next_tick = now + 1.0
-                value = self._watchdog.tick(self.controller.service.dispatcher.heartbeat)
-                await self._publish({"Watchdog": value, "ServerRunning": int(value > 0)})
-            svc = self.controller.service
-            # Any queue change is published within CHANGE_POLL; elapsed times and the rest every STATUS_PERIOD.
-            mark = (svc.queue.uid, id(svc.last_started), len(svc.messages), svc.messages[-1:] and svc.messages[-1])
-            if (mark != seen or now >= next_full) and (pending is None or pending.done()):
-                if pending is not None and pending.exception() is not None:
-                    log.error("status update failed: %s", pending.exception())
-                seen, next_full = mark, now + STATUS_PERIOD
-                pending = asyncio.ensure_future(self._update(pva))
+            try:
+                now = time.monotonic()
+                if now >= next_tick:
+                    next_tick = now + 1.0
+                    value = self._watchdog.tick(self.controller.service.dispatcher.heartbeat)
+                    await self._publish({"Watchdog": value, "ServerRunning": int(value > 0)})
+                svc = self.controller.service
+                # Any queue change is published within CHANGE_POLL; elapsed times and the rest every STATUS_PERIOD.
+                mark = (svc.queue.uid, id(svc.last_started), len(svc.messages), svc.messages[-1:] and svc.messages[-1],
+                        svc.store_problem)
+                if (mark != seen or now >= next_full) and (pending is None or pending.done()):
+                    if pending is not None and pending.exception() is not None:
+                        raise pending.exception()
+                    seen, next_full = mark, now + STATUS_PERIOD
+                    pending = asyncio.ensure_future(self._update(pva))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the status loop must outlive any one bad update
+                text = f"status update failed: {type(exc).__name__}: {exc}"
+                if text != last_error:   # once per distinct error, with its traceback; then one line on Message
+                    log.error("%s", text, exc_info=exc)
+                    self.controller.message(text)
+                    last_error = text
+                pending = None
             await asyncio.sleep(CHANGE_POLL)
 
     async def _update(self, pva: Optional[Any]) -> None:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from tomocorioc.core.jobs import FINISHED_OK, PHASES, PhaseState, Row, valid_cor
+from tomocorioc.core.jobs import Row, valid_cor
 from tomocorioc.core.queue import QueueError
 from tomocorioc.core.spec import get_path
 from tomocorioc.ioc.convert import PutError, enum_index, number, one_line, text
@@ -328,40 +328,32 @@ class Controller:
 
     # -- status ------------------------------------------------------------------------------
     def snapshot(self) -> Dict[str, Any]:
-        """Every status PV's value now except the watchdog's (the server writes those that changed)."""
+        """Every status PV's value now except the watchdog's (the server writes those that changed).
+
+        Its cost does not grow with the queue: counts come from the queue's
+        running tally and only the rows on show (page, slots, selection) are read.
+        """
         svc, q = self.service, self.service.queue
-        rows = q.rows()
-        by_id = {r.id: r for r in rows}
-        counts: Dict[str, int] = {}
-        for r in rows:
-            counts[r.status] = counts.get(r.status, 0) + 1
-        requested = finished = 0
-        for r in rows:
-            if not r.enabled:
-                continue
-            for ph in PHASES:
-                if r.state[ph] is PhaseState.OFF:
-                    continue
-                requested += 1
-                finished += r.state[ph] in FINISHED_OK or r.state[ph] in (PhaseState.FAILED, PhaseState.BLOCKED,
-                                                                          PhaseState.CANCELLED)
+        tally = q.tally
+        counts = tally.status
         slots = svc.dispatcher.slot_status()
-        running = [(s, by_id.get(s.row)) for s in slots if s.row is not None]
-        busy = bool(running) or (not q.paused and any(r.current_phase and r.enabled and not r.skipped
-                                                      for r in rows))
+        running = [(s, q.get(s.row)) for s in slots if s.row is not None]
+        busy = bool(running) or (not q.paused and q.has_waiting())
         v: Dict[str, Any] = {
             "Busy": int(busy), "Paused": int(q.paused),
-            "QueueLength": len(rows), "NumQueued": counts.get("queued", 0), "NumRunning": counts.get("running", 0),
+            "QueueLength": len(q), "NumQueued": counts.get("queued", 0), "NumRunning": counts.get("running", 0),
             "NumDone": counts.get("done", 0) + counts.get("review", 0), "NumFailed": counts.get("failed", 0),
             "NumSkipped": counts.get("skipped", 0) + counts.get("disabled", 0),
-            "NumNeedsReview": sum(1 for r in rows if r.needs_review),
-            "Progress": round(100.0 * finished / requested, 1) if requested else 0.0,
+            "NumNeedsReview": tally.needs_review,
+            "Progress": round(100.0 * tally.finished / tally.requested, 1) if tally.requested else 0.0,
             "NumSlots": len(slots), "Message": svc.messages[-1] if svc.messages else "",
             "TriggerStatus": self.trigger.status if self.trigger is not None else "off",
         }
         cs = svc.dispatcher.cluster_status()
         v["ClusterStatus"], v["NumWorkers"], v["NumGpus"] = cs.text, cs.workers, cs.gpus
-        if running:
+        if svc.store_problem:
+            v["ReconStatus"] = svc.store_problem
+        elif running:
             parts = [f"{s.phase} {Path(r.path).name if r else '?'} ({s.name})" for s, r in running]
             v["ReconStatus"] = "Running " + "; ".join(parts) + f"; {counts.get('queued', 0)} queued"
         elif q.paused:
@@ -369,40 +361,37 @@ class Controller:
         else:
             v["ReconStatus"] = "Idle" if not busy else "Starting"
         started, fin = svc.last_started, svc.last_finished
-        if started and started.get("row") in by_id:
-            v["CurrentFile"] = by_id[started["row"]].path
+        current = q.get(started.get("row")) if started else None
+        if current is not None:
+            v["CurrentFile"] = current.path
         if fin:
-            r = by_id.get(fin.get("row"))
+            r = q.get(fin.get("row"))
             secs = r.timings.get(fin.get("phase")) if r else None
             if secs is not None:
                 v["ReconTime"] = float(secs)
-        with_cor = [r for r in rows if r.cor is not None and r.cor_source]
-        if with_cor:
-            last = max(with_cor, key=lambda r: r.updated)
+        last = q.get(q.last_cor_row)
+        if last is not None and last.cor is not None:
             v["LastFile"], v["LastCor"] = last.path, float(last.cor)
         for i in range(MAX_SLOTS):
             s = slots[i] if i < len(slots) else None
-            r = by_id.get(s.row) if s and s.row is not None else None
+            r = dict(running).get(s) if s and s.row is not None else None
             v[f"Slot{i + 1}:Name"] = s.name if s else ""
             v[f"Slot{i + 1}:File"] = r.path if r else ""
             v[f"Slot{i + 1}:Phase"] = (s.phase if r else _SLOT_WORDS[s.state]) if s else ""
             v[f"Slot{i + 1}:Elapsed"] = round(float(s.elapsed), 1) if r else 0.0
-        sel = by_id.get(self.selected) if self.selected is not None else None
+        sel = q.get(self.selected)
         v.update(self._row_values("Selected", sel))
         v["Selected:Confidence"] = float(sel.confidence) if sel and sel.confidence is not None else 0.0
         v["Selected:NeedsReview"] = int(bool(sel and sel.needs_review))
         v["Selected:Phase"] = (sel.current_phase or "") if sel else ""
         v["Selected:Error"] = (sel.error or sel.skipped or "") if sel else ""
-        series_order: List[str] = []
-        for r in rows:
-            if r.series not in series_order:
-                series_order.append(r.series)
+        page = q.page(self.row_offset, PAGE_ROWS)
+        colors = q.series_colors()
         for n in range(1, PAGE_ROWS + 1):
-            i = self.row_offset + n - 1
-            r = rows[i] if i < len(rows) else None
+            r = page[n - 1] if n <= len(page) else None
             pre = f"Row{n:02d}"
             v.update(self._row_values(pre, r, full_path=False))
-            v[f"{pre}:SeriesColor"] = series_order.index(r.series) % 6 if r else 0
+            v[f"{pre}:SeriesColor"] = colors.get(r.series, 0) if r else 0
         return v
 
     @staticmethod

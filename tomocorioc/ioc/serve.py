@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 from pathlib import Path
 from typing import List
 
@@ -53,6 +54,10 @@ def configure_network(interfaces: List[str]) -> List[str]:
     if not interfaces:
         env = os.environ.get("EPICS_CAS_INTF_ADDR_LIST", "").split()
         interfaces = env or ["0.0.0.0"]
+    if interfaces == ["0.0.0.0"] and not any(not a.startswith("127.") for a in ipv4_addresses()):
+        # pvAccess refuses "all interfaces" on a host that has only loopback: serve there, and say so.
+        log.warning("this host has only the loopback interface: serving on 127.0.0.1 (pass --interface ADDR)")
+        interfaces = ["127.0.0.1"]
     if interfaces != ["0.0.0.0"]:
         os.environ["EPICS_CAS_INTF_ADDR_LIST"] = " ".join(interfaces)
         os.environ.setdefault("EPICS_CAS_BEACON_ADDR_LIST", " ".join(interfaces))
@@ -66,6 +71,25 @@ def configure_network(interfaces: List[str]) -> List[str]:
     return interfaces
 
 
+def ipv4_addresses() -> List[str]:
+    """The IPv4 addresses of this host's interfaces that are up (Linux; empty when they cannot be read)."""
+    import fcntl
+    import struct
+    out = []
+    try:
+        names = [name for _, name in socket.if_nameindex()]
+    except OSError:
+        return []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for name in names:
+            try:
+                raw = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", name[:15].encode()))   # SIOCGIFADDR
+            except OSError:
+                continue   # no IPv4 address, or down
+            out.append(socket.inet_ntoa(raw[20:24]))
+    return out
+
+
 async def _serve(args: argparse.Namespace, interfaces: List[str]) -> int:
     from tomocorioc.ioc.ca_server import RobustContext, build_group, install_log_filter
     from tomocorioc.ioc.controller import Controller
@@ -77,11 +101,9 @@ async def _serve(args: argparse.Namespace, interfaces: List[str]) -> int:
     state = args.state.resolve()
     state.mkdir(parents=True, exist_ok=True)
     runner = {"backend": args.backend, "tomocupy": args.tomocupy, "device": args.device}
-    # --gpus overrides the stored Gpus setting; without it the Service uses the stored one.
-    slots = slots_for(args.gpus) if args.gpus is not None else None
-    service = Service(state, slots, runner, cluster=args.cluster, path_map=args.path_map)
-    if args.gpus is not None and not args.cluster:
-        service.update_settings(gpus=args.gpus or None)
+    # Start-up order: the stored state, then autosave (through the validated put path), then the
+    # command line on top (it wins: --gpus over an autosaved Gpus), and only then dispatch.
+    service = Service(state, None, runner, cluster=args.cluster, path_map=args.path_map)
     from tomocorioc.service.trigger.manager import TriggerManager
     controller = Controller(service, args.data_root, slot_factory=None if args.cluster else slots_for)
 
@@ -90,17 +112,28 @@ async def _serve(args: argparse.Namespace, interfaces: List[str]) -> int:
     trigger = TriggerManager(service, lambda: service.settings.trigger_phase_map(), accept,
                              complete_timeout=service.settings.trigger_timeout)
     controller.trigger = trigger
+    autosave_dir = (args.autosave_dir or state / "autosave").resolve()
+    autosave_file = autosave_dir / "tomoCor_settings.json"
+    group = build_group(args.prefix, controller, autosave_file)
+    await group.publish_settings()
+    await group.autosave_helper.restore_from_file(autosave_file)
+    if args.gpus is not None and not args.cluster:
+        controller.put("Gpus", args.gpus)
+    await group.publish_settings()
     trigger.start()
     for folder in args.watch:
         trigger.watch_folder(folder, poll=args.watch_poll)
     controller.relink()
-    autosave_dir = (args.autosave_dir or state / "autosave").resolve()
-    group = build_group(args.prefix, controller, autosave_dir / "tomoCor_settings.json")
-    await group.publish_settings()
     pva_pub = None
     if not args.no_pva:
         from tomocorioc.ioc.pva_server import PvaPublisher
-        pva_pub = PvaPublisher(args.prefix)
+        try:
+            pva_pub = PvaPublisher(args.prefix)
+        except RuntimeError as exc:   # pvapy: no usable network interface
+            trigger.stop()
+            service.stop()
+            raise UsageError(f"PVAccess cannot start: {str(exc).splitlines()[0]}; "
+                             "pass --interface ADDR (or --no-pva)") from None
     service.start()
     ctx = RobustContext(group.pvdb, interfaces)
     loop = asyncio.get_running_loop()
@@ -146,6 +179,9 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise UsageError(f"data root is not a directory: {missing[0]}")
     try:
         check_cluster_options(args.cluster, args.path_map)
+        if args.gpus is not None:
+            from tomocorioc.service.local import slots_for
+            slots_for(args.gpus)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
@@ -153,6 +189,10 @@ def check_arguments(args: argparse.Namespace) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     """Run the IOC until SIGTERM/SIGINT (UsageError for bad options, OSError when it cannot serve)."""
     check_arguments(args)
+    from tomocorioc.service.preflight import preflight
+    reason = None if args.cluster else preflight(args.backend, args.tomocupy)
+    if reason:   # the workers would fail to start on every slot: say so now, in one line
+        raise UsageError(f"--backend {args.backend}: {reason}")
     if not args.data_root:
         log.warning("no --data-root: every Enqueue will be refused")
     interfaces = configure_network(list(args.interface))

@@ -117,6 +117,7 @@ class _Gpu:
     state: GpuState = GpuState.IDLE
     job: Optional[_Job] = None
     freed_at: Optional[float] = None
+    reason: str = ""              # why it is broken
 
 
 @dataclass
@@ -169,7 +170,7 @@ class ClusterDispatcher(DispatcherBase):
         self._gpus: Dict[Tuple[str, int], _Gpu] = {}
         self._jobs: Dict[int, _Job] = {}
         self._spent: List[Any] = []   # futures of finished jobs, released after the next submissions
-        self._rows: List[Tuple[str, Optional[int], str, Optional[float], SlotState]] = []
+        self._rows: List[Tuple[str, Optional[int], str, Optional[float], SlotState, str]] = []
         self._status = ClusterStatus("", 0, 0)
         self._publish()
 
@@ -188,8 +189,8 @@ class ClusterDispatcher(DispatcherBase):
     def slot_status(self) -> List[SlotStatus]:
         """Per worker GPU: name, state, row id, phase, elapsed seconds (for the status PVs)."""
         now = time.monotonic()
-        return [SlotStatus(name, state, row, phase, (now - started) if started else 0.0)
-                for name, row, phase, started, state in self._rows]
+        return [SlotStatus(name, state, row, phase, (now - started) if started else 0.0, reason)
+                for name, row, phase, started, state, reason in self._rows]
 
     def cluster_status(self) -> ClusterStatus:
         """'connected: 3 workers, 3 GPUs', 'connecting to ...' or 'lost: ...', with the counts."""
@@ -276,17 +277,21 @@ class ClusterDispatcher(DispatcherBase):
         try:
             while not self._stop.is_set():
                 self.heartbeat += 1
-                self._drain()
-                self._check_link()
-                self._release_series()
-                self._handle_kills()
-                self._assign()
-                self._spent.clear()
-                self._check_deadlines()
-                self._publish()
+                self._guarded(self._turn)
                 self._sleep()
         finally:
             self._shutdown()
+
+    def _turn(self) -> None:
+        self._drain()
+        self._check_link()
+        self._flush_pending()
+        self._release_series()
+        self._handle_kills()
+        self._assign()
+        self._spent.clear()
+        self._check_deadlines()
+        self._publish()
 
     def _sleep(self) -> None:
         now = time.monotonic()
@@ -425,7 +430,7 @@ class ClusterDispatcher(DispatcherBase):
         """A job whose worker died, left or timed out: back to the queue (retry) or failed."""
         name = self._gpus[job.gpu].name if job.gpu in self._gpus else job.gpu[0]
         self._drop(job)
-        requeued = self.queue.worker_lost(job.row_id, job.phase, msg)
+        requeued = self._requeue_or_fail(job.row_id, job.phase, msg)
         self._emit("worker-lost", {"slot": name, "row": job.row_id, "phase": job.phase, "msg": msg,
                                    "requeued": requeued})
 
@@ -472,7 +477,7 @@ class ClusterDispatcher(DispatcherBase):
                     f"{uuid.uuid4().hex[:8]}", workers=[gpu.key[0]], allow_other_workers=False,
                     resources={"GPU": 1}, pure=False, retries=0)
             except Exception as exc:  # noqa: BLE001 - a job that cannot be sent: retry (dead link) or fail
-                self.queue.worker_lost(row_id, phase, f"submit failed: {_brief(exc)}")
+                self._requeue_or_fail(row_id, phase, f"submit failed: {_brief(exc)}")
                 continue
             now = time.monotonic()
             if gpu.freed_at is not None:
@@ -491,10 +496,10 @@ class ClusterDispatcher(DispatcherBase):
             log.error("%s: %s", gpu.name, result.msg)
             self._emit("fatal", {"slot": gpu.name, "msg": result.msg})
             self._lost(job, result.msg)
-            gpu.state = GpuState.BROKEN
+            gpu.state, gpu.reason = GpuState.BROKEN, result.msg
             return
         self._drop(job, finished=True)
-        self.queue.finish(job.row_id, job.phase, result)
+        self._finish(job.row_id, job.phase, result)
         self._emit("finished", {"slot": gpu.name, "row": job.row_id, "phase": job.phase,
                                 "success": result.success, "msg": result.msg})
 
@@ -518,7 +523,7 @@ class ClusterDispatcher(DispatcherBase):
             running = w is not None and w.status == "running"
             state = _SLOT_STATE[g.state] if running or g.state is not GpuState.IDLE else SlotState.STARTING
             rows.append((g.name, g.job.row_id if g.job else None, g.job.phase if g.job else "",
-                         g.job.started if g.job else None, state))
+                         g.job.started if g.job else None, state, g.reason if state is SlotState.BROKEN else ""))
         self._rows = rows
         nw, ng = len(self._workers), len(self._gpus)
         if self._state is ClusterState.CONNECTED:

@@ -22,6 +22,9 @@ from tomocorioc.service.protocol import EventHook, JobBuilder
 log = logging.getLogger(__name__)
 
 LATENCY_SAMPLES = 10000   # recent slot-free -> job-sent latencies kept (bounded: the IOC runs for months)
+START_FAILURES = 3        # a slot whose worker fails to start this many times in a row is broken
+BROKEN_RETRY_S = (10.0, 300.0)   # a broken slot tries again after 10 s, doubling up to 5 min
+LOOP_ERROR_PAUSE = 1.0    # s a loop rests after an unexpected error before its next turn
 
 
 class DispatcherBase:
@@ -49,6 +52,9 @@ class DispatcherBase:
         self._lock = threading.Lock()
         self._kill_requests: List[Tuple[int, str]] = []
         self._job_ids = itertools.count(1)
+        # Results the store could not take yet (disk full...): kept in order and written when it can.
+        self._pending: Deque[Tuple[str, int, str, Any]] = deque()
+        self._last_error: Optional[str] = None
 
     # -- thread-safe surface -----------------------------------------------------------
     def wake(self) -> None:
@@ -123,22 +129,77 @@ class DispatcherBase:
         """The next queue job, marked running, with a job id; None when there is none.
 
         A job whose description cannot be built (a bad sidecar, an unreadable
-        path) fails at once and the next one is taken.
+        path) fails at once and the next one is taken.  While the state store
+        refuses writes (results pending) nothing new starts.
         """
-        while True:
+        while not self._pending:
             nxt = self.queue.next_job(tomolog_busy=tomolog_busy)
             if nxt is None:
                 return None
             row_id, phase = nxt
-            row = self.queue.start(row_id, phase)
+            try:
+                row = self.queue.start(row_id, phase)
+            except OSError as exc:   # the store refused: the row stays queued, nothing starts
+                self._report_store(exc)
+                return None
             try:
                 return row_id, phase, self.build_job(row, phase).with_id(next(self._job_ids))
             except (ValueError, OSError) as exc:
-                self.queue.finish(row_id, phase, PhaseResult.failure(str(exc).splitlines()[0]))
+                self._finish(row_id, phase, PhaseResult.failure(str(exc).splitlines()[0]))
+        return None
+
+    # -- results reach the queue even when the store is failing -------------------------------
+    def _finish(self, row_id: int, phase: str, result: PhaseResult) -> None:
+        """Hand a result to the queue; kept pending (in order) while the store refuses it."""
+        self._pending.append(("finish", row_id, phase, result))
+        self._flush_pending()
+
+    def _requeue_or_fail(self, row_id: int, phase: str, msg: str) -> Optional[bool]:
+        """A worker died or timed out on a job: requeue or fail it (None: pending, the store refused)."""
+        self._pending.append(("lost", row_id, phase, msg))
+        return self._flush_pending()
+
+    def _flush_pending(self) -> Optional[bool]:
+        """Write pending results oldest first; stops at the first refusal. The last call's answer, if it ran."""
+        answer: Optional[bool] = None
+        while self._pending:
+            kind, row_id, phase, payload = self._pending[0]
+            try:
+                if kind == "finish":
+                    self.queue.finish(row_id, phase, payload)
+                else:
+                    answer = self.queue.worker_lost(row_id, phase, payload)
+            except OSError as exc:
+                self._report_store(exc)
+                return None
+            self._pending.popleft()
+        if self._last_error and self._last_error.startswith("state store failing"):
+            log.warning("state store writes again; pending results written")
+            self._last_error = None
+        return answer
+
+    def _report_store(self, exc: BaseException) -> None:
+        text = str(exc) if "state store failing" in str(exc) else f"state store failing: {exc}"
+        if text != self._last_error:
+            log.error("%s; %d result(s) kept until it writes again", text, len(self._pending))
+            self._emit("fatal", {"slot": "dispatcher", "msg": text})
+            self._last_error = text
+
+    def _guarded(self, turn: Callable[[], None]) -> None:
+        """Run one loop turn; anything unexpected is logged once with its traceback, reported, and rested on."""
+        try:
+            turn()
+        except Exception as exc:  # noqa: BLE001 - the loop that owns the slots must outlive any bug
+            text = f"dispatcher: {type(exc).__name__}: {exc}"
+            if text != self._last_error:
+                log.exception("%s (the loop goes on)", text)
+                self._emit("fatal", {"slot": "dispatcher", "msg": text})
+                self._last_error = text
+            self._stop.wait(LOOP_ERROR_PAUSE)
 
     def _emit(self, kind: str, data: Dict[str, Any]) -> None:
         if self.on_event:
             self.on_event(kind, data)
 
 
-__all__ = ["DispatcherBase", "LATENCY_SAMPLES"]
+__all__ = ["DispatcherBase", "LATENCY_SAMPLES", "START_FAILURES", "BROKEN_RETRY_S"]

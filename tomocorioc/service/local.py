@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from tomocorioc.core.queue import JobQueue
 from tomocorioc.core.result import PhaseResult
-from tomocorioc.service.dispatch_base import DispatcherBase
+from tomocorioc.service.dispatch_base import BROKEN_RETRY_S, START_FAILURES, DispatcherBase
 from tomocorioc.service.protocol import ClusterStatus, EventHook, JobBuilder, SlotState, SlotStatus
 from tomocorioc.worker.process import worker_main
 
@@ -68,7 +68,13 @@ class _Slot:
     started: float = 0.0
     deadline: Optional[float] = None
     freed_at: Optional[float] = None
-    broken: str = ""    # why its runner could not be built (until a worker comes up ready)
+    broken: str = ""    # why its worker could not start (until a worker comes up ready)
+    failures: int = 0   # start failures in a row
+    retry_at: Optional[float] = None   # a broken slot's next start attempt (monotonic s)
+
+    @property
+    def is_broken(self) -> bool:
+        return self.failures >= START_FAILURES
 
 
 class LocalDispatcher(DispatcherBase):
@@ -107,7 +113,7 @@ class LocalDispatcher(DispatcherBase):
             elif s.ready:
                 state = SlotState.IDLE
             else:
-                state = SlotState.BROKEN if s.broken else SlotState.STARTING
+                state = SlotState.BROKEN if s.is_broken else SlotState.STARTING
             out.append(SlotStatus(s.spec.name, state, s.job[0] if s.job else None, s.job[1] if s.job else "",
                                   (now - s.started) if s.job else 0.0, s.broken))
         return out
@@ -158,9 +164,43 @@ class LocalDispatcher(DispatcherBase):
         self._spawn(s)
         if job:
             row_id, phase, _ = job
-            requeued = self.queue.worker_lost(row_id, phase, why)
+            requeued = self._requeue_or_fail(row_id, phase, why)
             self._emit("worker-lost", {"slot": s.spec.name, "row": row_id, "phase": phase, "msg": why,
                                        "requeued": requeued})
+
+    def _worker_exited(self, s: _Slot) -> None:
+        """A worker process ended: its job is lost; one that never came up counts towards a broken slot."""
+        why = s.broken or f"worker died (exit code {s.proc.exitcode})"
+        if s.job or s.ready:
+            s.failures = 0
+            self._restart(s, why)
+            return
+        s.failures += 1
+        self._kill(s)
+        if not s.is_broken:
+            self._spawn(s)
+            return
+        delay = min(BROKEN_RETRY_S[1], BROKEN_RETRY_S[0] * 2 ** (s.failures - START_FAILURES))
+        s.proc, s.conn, s.broken = None, None, why
+        s.retry_at = time.monotonic() + delay
+        log.error("slot %s is broken: %s (%d failed starts; next try in %.0f s)", s.spec.name, why, s.failures,
+                  delay)
+        self._emit("fatal", {"slot": s.spec.name, "msg": f"broken: {why}"})
+
+    def _fail_unrunnable(self) -> None:
+        """Every slot is broken: the queued jobs fail with the reason instead of waiting for ever."""
+        reasons = sorted({s.broken for s in self._slots})
+        why = f"no worker can start: {'; '.join(reasons)}"
+        while not self._pending:
+            nxt = self.queue.next_job()
+            if nxt is None:
+                return
+            try:
+                self.queue.start(*nxt)
+            except OSError as exc:
+                self._report_store(exc)
+                return
+            self._finish(nxt[0], nxt[1], PhaseResult.failure(why))
 
     # -- the loop ---------------------------------------------------------------
     def _assign(self) -> None:
@@ -186,26 +226,40 @@ class LocalDispatcher(DispatcherBase):
     def _loop(self) -> None:
         while not self._stop.is_set():
             self.heartbeat += 1
-            self._release_series()
-            self._handle_kills()
-            self._assign()
-            now = time.monotonic()
-            deadlines = [s.deadline for s in self._slots if s.deadline is not None]
-            # Wake at least every second so the heartbeat (watchdog) keeps moving.
-            timeout = max(0.0, min([1.0] + [d - now for d in deadlines]))
-            waitables = [self._wake_r]
-            for s in self._slots:
+            self._guarded(self._turn)
+
+    def _turn(self) -> None:
+        self._flush_pending()
+        self._release_series()
+        self._handle_kills()
+        now = time.monotonic()
+        for s in self._slots:
+            if s.proc is None and s.retry_at is not None and now >= s.retry_at:
+                s.retry_at = None
+                self._spawn(s)
+        if all(s.is_broken and s.proc is None for s in self._slots):
+            self._fail_unrunnable()
+        self._assign()
+        now = time.monotonic()
+        wake_at = [s.deadline for s in self._slots if s.deadline is not None]
+        wake_at += [s.retry_at for s in self._slots if s.retry_at is not None]
+        # Wake at least every second so the heartbeat (watchdog) keeps moving.
+        timeout = max(0.0, min([1.0] + [d - now for d in wake_at]))
+        waitables = [self._wake_r]
+        for s in self._slots:
+            if s.proc is not None:
                 waitables += [s.conn, s.proc.sentinel]
-            ready = wait(waitables, timeout)
-            if self._wake_r in ready:
-                self._drain_wake()
-            for s in self._slots:
+        ready = wait(waitables, timeout)
+        if self._wake_r in ready:
+            self._drain_wake()
+        for s in self._slots:
+            if s.proc is not None:
                 self._service(s, ready)
-            now = time.monotonic()
-            for s in self._slots:
-                if s.job and s.deadline is not None and now > s.deadline:
-                    _, phase, _ = s.job
-                    self._restart(s, f"timed out after {self.timeout_for(phase):g} s")
+        now = time.monotonic()
+        for s in self._slots:
+            if s.job and s.deadline is not None and now > s.deadline:
+                _, phase, _ = s.job
+                self._restart(s, f"timed out after {self.timeout_for(phase):g} s")
 
     def _service(self, s: _Slot, ready: List[Any]) -> None:
         if s.conn in ready:
@@ -217,25 +271,24 @@ class LocalDispatcher(DispatcherBase):
                 self._on_message(s, msg)
                 return
         if s.proc.sentinel in ready and not s.proc.is_alive():
-            code = s.proc.exitcode
-            self._restart(s, f"worker died (exit code {code})")
+            self._worker_exited(s)
 
     def _on_message(self, s: _Slot, msg: Dict[str, Any]) -> None:
         kind = msg.get("type")
         if kind == "ready":
-            s.ready, s.broken = True, ""
+            s.ready, s.broken, s.failures = True, "", 0
             s.freed_at = None
             return
-        if kind == "fatal":
-            log.error("slot %s: %s", s.spec.name, msg.get("msg"))
-            self._emit("fatal", {"slot": s.spec.name, "msg": msg.get("msg")})
+        if kind == "fatal":   # the worker exits next; _worker_exited counts the failure
+            if s.broken != msg.get("msg"):
+                log.error("slot %s: %s", s.spec.name, msg.get("msg"))
             s.ready, s.broken = False, str(msg.get("msg") or "worker start failed")
             return
         if kind == "result" and s.job and msg.get("job_id") == s.job[2]:
             row_id, phase, _ = s.job
             s.job, s.deadline, s.freed_at = None, None, time.monotonic()
             result: PhaseResult = msg["result"]
-            self.queue.finish(row_id, phase, result)
+            self._finish(row_id, phase, result)
             self._emit("finished", {"slot": s.spec.name, "row": row_id, "phase": phase,
                                     "success": result.success, "msg": result.msg})
 

@@ -91,6 +91,7 @@ class ServiceAPI(Protocol):
     last_started: Optional[Dict[str, Any]]
     last_finished: Optional[Dict[str, Any]]
     finished_events: Deque[Dict[str, Any]]   # recent 'finished' events with a sequence number
+    store_problem: Optional[str]              # why the state store refuses writes, until it accepts one
 
     def notice(self, msg: str) -> None:
         """Record a one-line operator message."""

@@ -11,7 +11,7 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from tomocorioc.core import series as series_tools
 from tomocorioc.core import sidecar
@@ -24,13 +24,25 @@ from tomocorioc.core.settings import ServiceSettings
 from tomocorioc.data.scansize import find_undersized
 from tomocorioc.service.local import LocalDispatcher, SlotSpec, slots_for
 from tomocorioc.service.protocol import ClusterStatus, Dispatcher
-from tomocorioc.service.store import StateStore
+from tomocorioc.service.store import StateStore, StoreError
 
 log = logging.getLogger(__name__)
 
 RUNNER = "tomocorioc.worker.runner:make_runner"
 # Builds a dispatcher from (queue, slots, factory, runner config, job builder, **callbacks); tests pass a fake.
 DispatcherFactory = Callable[..., Dispatcher]
+
+
+def _utf8_names(paths: List[str]) -> Tuple[List[str], List[str]]:
+    """(paths whose names encode as UTF-8, the others shown with their bad bytes replaced)."""
+    good, bad = [], []
+    for p in paths:
+        try:
+            p.encode("utf-8")
+            good.append(p)
+        except UnicodeEncodeError:
+            bad.append(p.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+    return good, bad
 
 
 class Service:
@@ -42,6 +54,7 @@ class Service:
                  cluster: Optional[str] = None, path_map: Optional[List[str]] = None,
                  dispatcher_factory: Optional[DispatcherFactory] = None) -> None:
         self.store = StateStore(state_dir)
+        self.store_problem: Optional[str] = None   # why the last state write failed, until one succeeds
         saved = self.store.settings().get("service")
         self.settings = settings or (ServiceSettings.from_dict(saved) if saved else ServiceSettings())
         # An Event, not a Condition: _persist runs under the queue's lock, and a
@@ -107,12 +120,19 @@ class Service:
         self.dispatcher.stop()
         self.store.close()
 
-    def _persist(self, rows: List[Row], events: List[dict], removed: List[int]) -> None:
-        for e in events:
-            e.setdefault("path", next((r.path for r in rows if r.id == e["row_id"]), None))
-        order = [r.id for r in self.queue._rows] if rows or removed else None
-        self.store.save(rows, events, removed, order)
-        self.store.set_meta("fixed_series", sorted(self.queue.fixed_series))
+    def _persist(self, rows: List[Row], events: List[dict], removed: List[int],
+                 fixed_series: Optional[List[str]]) -> None:
+        """The queue's write-ahead hook: one transaction, or StoreError and the queue does not change."""
+        try:
+            self.store.save(rows, events, removed, fixed_series)
+        except StoreError as exc:
+            if self.store_problem != str(exc):
+                log.error("state store failing: %s", exc)
+            self.store_problem = str(exc)
+            raise
+        if self.store_problem:
+            log.warning("state store writes again (was: %s)", self.store_problem)
+            self.store_problem = None
         self._changed.set()
         if hasattr(self, "dispatcher"):
             self.dispatcher.wake()
@@ -140,8 +160,15 @@ class Service:
 
     # -- operations ------------------------------------------------------------
     def enqueue(self, paths: Iterable[str], phases: Optional[Dict[str, bool]] = None) -> List[int]:
-        """Add files (with ``phases``, else the configured phase enables); then auto-skip undersized scans."""
-        ids = self.queue.add([str(p) for p in paths], phases if phases is not None else self.settings.phases)
+        """Add files (with ``phases``, else the configured phase enables); then auto-skip undersized scans.
+
+        A file whose name is not valid UTF-8 cannot be stored, shown on a PV or
+        passed on safely: it is left out with a notice (rename it), never queued.
+        """
+        paths, bad = _utf8_names([str(p) for p in paths])
+        if bad:
+            self.notice(f"{len(bad)} file(s) not queued: the name is not valid UTF-8 (rename it): {bad[0]}")
+        ids = self.queue.add(paths, phases if phases is not None else self.settings.phases)
         if ids:
             self.auto_skip({self.queue.row(i).series for i in ids})
         return ids

@@ -19,6 +19,7 @@ import traceback
 from typing import Any, Callable, Dict
 
 from tomocorioc.core.result import Job, PhaseResult, as_result
+from tomocorioc.data.errors import DatasetError, ReconError
 
 Runner = Callable[[Job], PhaseResult]
 
@@ -50,8 +51,10 @@ def run_job(runner: Runner, job: Job) -> PhaseResult:
         result = as_result(runner(job))
     except Exception as exc:  # noqa: BLE001 - the process boundary: report, don't die
         logging.getLogger("tomocorioc.worker").debug("job failed: %s", traceback.format_exc())
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        result = PhaseResult.failure(f"{type(exc).__name__}: {first}")
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        # Our own errors say what happened; anything else is named by its type too.
+        result = PhaseResult.failure(first if isinstance(exc, (DatasetError, ReconError))
+                                     else f"{type(exc).__name__}: {first}")
     return result.with_seconds(time.perf_counter() - t0)
 
 

@@ -7,6 +7,7 @@ them) is reported ``up_to_date`` instead of being redone.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -98,6 +99,20 @@ def _record_estimate(path: Path, estimate: Optional[float]) -> None:
         write_json(meta_path, meta)
 
 
+def _full_disk(exc: OSError, scan: Path) -> Optional[Path]:
+    """The output folder when ``exc`` was a full disk (ENOSPC, or a short write where no space is left)."""
+    out = layout.try_dir(scan).parent.parent   # <dir>_rec
+    where = out if out.exists() else scan.parent
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return Path(exc.filename).parent if exc.filename else where
+    try:
+        st = os.statvfs(where)
+    except OSError:
+        return None
+    # numpy/tifffile report a full disk as "N requested and M written", without an errno
+    return where if st.f_bavail * st.f_frsize < 1 << 20 else None
+
+
 def make_runner(config: Dict[str, Any]) -> Callable[[Job], PhaseResult]:
     """Build the per-worker runner (backend and model are created once)."""
     from tomocorioc.worker.backends import make_backend
@@ -115,6 +130,15 @@ def make_runner(config: Dict[str, Any]) -> Callable[[Job], PhaseResult]:
         return pipe
 
     def run(job: Job) -> PhaseResult:
+        try:
+            return run_phase(job)
+        except OSError as exc:
+            full = _full_disk(exc, Path(job.path))
+            if full is None:
+                raise
+            raise ReconError(f"no space left on device: {full}") from None
+
+    def run_phase(job: Job) -> PhaseResult:
         path = Path(job.path)
         params = ReconParams.from_dict(job.params)
         if job.phase == "noop":  # dispatcher benchmarks and tests: a trivial job

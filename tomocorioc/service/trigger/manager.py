@@ -95,6 +95,7 @@ class TriggerManager:
         self._events: "queue.SimpleQueue[tuple]" = queue.SimpleQueue()
         self._pending: Dict[str, _Pending] = {}
         self._link: Any = None
+        self._last_error = ""
         self._folders: List[Any] = []
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -145,8 +146,12 @@ class TriggerManager:
                 now = time.monotonic()
                 self._act(self.detector.poll(now))
                 self._check_pending(now)
-            except Exception:  # noqa: BLE001 - the trigger must outlive any one bad event
-                log.exception("trigger event %r failed", event)
+            except Exception as exc:  # noqa: BLE001 - the trigger must outlive any one bad event
+                text = f"trigger: {type(exc).__name__}: {exc}"
+                if text != self._last_error:   # once per distinct error with its traceback, then on Message
+                    log.exception("trigger event %r failed", event)
+                    self.service.notice(text)
+                    self._last_error = text
 
     def _handle(self, event: tuple) -> None:
         kind = event[0]

@@ -1,0 +1,998 @@
+"""Latency under load: settings put -> ack and monitor delivery of the real IOC, idle and with two slots busy.
+
+Goal (fault-survival issue): with two slots running real jobs and 8 clients (4 reading every status PV
+in a loop, 4 monitoring every status PV), a settings put -> ack p99 <= 20 ms and every monitor update
+within 100 ms, measured side by side with the idle figure.
+
+Set-up (all on loopback, everything started here is killed at the end):
+
+* one real ``tomocorioc serve --gpus 0,1 --backend torch`` (a unique prefix, its own CA/PVA ports,
+  beacons to 127.0.0.1, its own caRepeater on a free port).  ``--gpus 0,1`` makes two slots, gpu0
+  and gpu1; on a host without GPUs each slot's torch runs on the CPU (CUDA_VISIBLE_DEVICES is set
+  per slot and torch falls back to the CPU);
+* ``--base-files`` simulated DXfile scans (``tomocorioc.sim.simulate_series``: 128 px wide, 4 rows,
+  181 projections), hard-linked into a fresh batch folder under the data root whenever the queue
+  needs topping up, and queued with ``Enqueue`` (folder).  ``CenterSearchWidth`` is set to
+  ``--search-width`` (10 px: 40 candidate centres) so that a job (try, infer, full) takes a few
+  seconds; a warm-up measures the rate and each loaded phase starts with enough rows queued to
+  keep both slots busy to its end (the table says what share of the window both slots ran).
+
+Clients present in every phase (the measuring instruments):
+
+* the writer: one pyepics process, ``PV.put(v, wait=True)`` on ``MaxCorDelta`` paced one every
+  ``--put-period`` s, a new value each time; the put -> ack time is ``time.perf_counter`` around the
+  call; the put's wall start (``time.time``) is kept for the monitor delays;
+* the probe: one pyepics process monitoring ``MaxCorDelta`` (and NumRunning, NumDone, Watchdog,
+  ServerRunning for the context columns).
+
+Phases, ``--phase-seconds`` each, in ``--rounds`` rounds, shuffled within each round (fixed seed), so
+that other load on the machine hits them alike:
+
+* ``idle``    -- no jobs (queue paused, no job running), no extra clients;
+* ``loaded``  -- both slots running jobs + 4 readers + 4 monitors;
+* ``jobs``    -- both slots running jobs, no extra clients (attribution; default run only);
+* ``clients`` -- the 8 extra clients, no jobs (attribution; default run only).
+
+Extra clients (fresh processes for each phase that has them; started, connected and ready before the
+window opens):
+
+* reader (x4): pyepics, every Role.STATUS PV of the PV table (142) as a persistent channel; a sweep
+  issues a get on each channel at once and waits for all (``caget_many`` without its reconnect),
+  then sleeps ``--read-pause`` s; counts reads and sweep times;
+* monitor (x4): pyepics ``PV(auto_monitor=True, callback=...)`` on every Role.STATUS PV and on
+  ``MaxCorDelta``; the callback stamps ``time.time()`` on arrival.
+
+Measured per phase:
+
+* put -> ack (writer): p50 / p99 / max;
+* settings-PV monitor delay: arrival at each monitoring client (probe, and the 4 monitors where
+  present) minus the writer's wall time at the start of that put; same host, same clock; also the
+  share of (value, client) pairs delivered at all;
+* status-PV monitor delay (phases with monitors): for every status update a monitor receives in the
+  window, arrival minus the update's Channel Access timestamp (caproto stamps ``time.time()`` when the
+  status task writes the PV): fan-out + transport; also whether each update reached all 4 monitors,
+  and the largest gap between ``Slot<N>:Elapsed`` updates (published every 0.5 s while a job runs:
+  the status task kept publishing to every client) and the lowest ``Watchdog`` value seen;
+* context: CPU of the IOC process, of its workers and of the clients (psutil, % of one core), the
+  share of the window with both slots running (probe's NumRunning), rows finished, reads/s.
+
+Where the IOC's time goes: for every window, each IOC thread's CPU time and run-queue wait (time
+runnable but waiting for a CPU) from /proc/PID/task/TID/schedstat, named through one ``py-spy dump``
+(the event loop is MainThread, settings puts and status snapshots run in ``ioc-put_0``).  With
+``--py-spy``, ``py-spy record --nonblocking --threads`` samples the IOC (100 Hz, without stopping it)
+during the last round's windows; the report lists per thread the share of the window it was active
+and what it ran (the asyncio task/callback or the executor job, and the innermost tomocorioc frame).
+
+    python benchmarks/bench_load_latency.py [--quick] [--rounds N] [--phase-seconds S] [--phases idle,loaded,...]
+           [--put-period S] [--read-pause S] [--search-width PX] [--py-spy] [--json out.json] [--keep]
+
+Default about 5-6 min on 2 cores (3 rounds x 4 phases x 15 s), ``--quick`` under 2 min (2 rounds x idle,
+loaded x 10 s).  Nothing asserts on time; the exit status is non-zero only when the harness fails.
+Each child is this script run again: ``--_client`` (the writer, from ``_ioclat_clients``),
+``--_monitor``, ``--_reader``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+# Helper modules next to this file (the script's folder is on sys.path when run as a script).
+from _common import load_average, machine_description
+from _ioclat_clients import REPLY, Child, client_main
+from _ioclat_servers import MARK, HarnessError, Procs, Server, find_apprun, log_errors, tracebacks
+
+from tomocorioc.ioc.net import free_ports, start_ca_repeater, stop_process
+
+PHASES = ("idle", "loaded", "jobs", "clients")
+JOBS = {"idle": False, "loaded": True, "jobs": True, "clients": False}
+CLIENTS = {"idle": False, "loaded": True, "jobs": False, "clients": True}
+SETTING_PV = "MaxCorDelta"
+PROBE_PVS = (SETTING_PV, "NumRunning", "NumDone", "Watchdog", "ServerRunning")
+N_READERS = N_MONITORS = 4
+GOAL_ACK_P99 = 0.020
+GOAL_MONITOR = 0.100
+SPY_RATE = 100
+
+
+# ======================================================================================
+# children: monitor and reader (pyepics is imported only here)
+# ======================================================================================
+def _reply(obj: Dict[str, Any]) -> None:
+    sys.stdout.write(REPLY + json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def monitor_main(names_file: str) -> int:
+    """Monitor every PV named in ``names_file``; stamp each update's arrival; dump records on request."""
+    import epics
+
+    names: List[str] = json.loads(Path(names_file).read_text())
+    index = {n: i for i, n in enumerate(names)}
+    recs: List[Tuple[int, float, float, Optional[float]]] = []   # (pv index, arrival, CA timestamp, number)
+
+    def on_value(pvname: str = "", value: Any = None, timestamp: Any = None, **_kw: Any) -> None:
+        t = time.time()
+        try:
+            num: Optional[float] = float(value) if value is not None and not isinstance(value, (str, bytes)) \
+                and getattr(value, "ndim", 0) == 0 else None
+        except (TypeError, ValueError):
+            num = None
+        recs.append((index.get(pvname, -1), t, float(timestamp or 0.0), num))
+
+    pvs = [epics.PV(n, auto_monitor=True, callback=on_value, form="time") for n in names]
+    deadline = time.monotonic() + 60
+    ok = all(pv.wait_for_connection(max(0.1, deadline - time.monotonic())) for pv in pvs)
+    while time.monotonic() < deadline and len({r[0] for r in recs}) < len(names):   # first value of each
+        time.sleep(0.02)
+    _reply({"ready": bool(ok), "connected": sum(pv.connected for pv in pvs),
+            "first_values": len({r[0] for r in list(recs)})})
+    since = 0
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        if cmd["op"] == "quit":
+            break
+        if cmd["op"] == "dump":                 # the records since the last dump, to a file
+            upto = len(recs)
+            Path(cmd["path"]).write_text(json.dumps(recs[since:upto]))
+            _reply({"n": upto - since})
+            since = upto
+        else:
+            _reply({"error": f"unknown op {cmd['op']}"})
+    for pv in pvs:
+        pv.clear_callbacks()
+    return 0
+
+
+def reader_main(names_file: str, pause: float) -> int:
+    """Read every PV of ``names_file`` in a loop (persistent channels, all gets in flight at once)."""
+    from epics import ca, dbr
+
+    names: List[str] = json.loads(Path(names_file).read_text())
+    chids = [ca.create_channel(n, auto_cb=False, connect=False) for n in names]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not all(ca.state(c) == dbr.CS_CONN for c in chids):
+        ca.poll(0.01)
+    connected = sum(ca.state(c) == dbr.CS_CONN for c in chids)
+    _reply({"ready": connected == len(chids), "connected": connected})
+    fd = sys.stdin.fileno()
+    buf = b""
+
+    def next_cmd(timeout: float) -> Optional[Dict[str, Any]]:
+        nonlocal buf
+        end = time.monotonic() + timeout
+        while b"\n" not in buf:
+            left = end - time.monotonic()
+            r, _, _ = select.select([fd], [], [], max(0.0, left))
+            if not r:
+                return None
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                return {"op": "quit"}
+            buf += chunk
+        line, buf = buf.split(b"\n", 1)
+        return json.loads(line)
+
+    while True:
+        cmd = next_cmd(3600.0)
+        if cmd is None or cmd["op"] == "quit":
+            return 0
+        if cmd["op"] != "go":
+            _reply({"error": f"unknown op {cmd['op']}"})
+            continue
+        stop_at = time.monotonic() + float(cmd["seconds"])     # bounded even if "stop" never comes
+        sweeps: List[float] = []
+        reads = fails = 0
+        t_start = time.monotonic()
+        while time.monotonic() < stop_at:
+            t0 = time.perf_counter()
+            for c in chids:
+                ca.get(c, wait=False)
+            ca.poll()
+            for c in chids:
+                v = ca.get_complete(c, timeout=5.0)
+                reads += 1
+                fails += v is None
+            sweeps.append(time.perf_counter() - t0)
+            stop = next_cmd(pause)
+            if stop is not None:
+                break
+        _reply({"sweeps": sweeps, "reads": reads, "fails": fails, "seconds": time.monotonic() - t_start})
+
+
+# ======================================================================================
+# parent: helpers
+# ======================================================================================
+def pct(xs: Sequence[float], q: float) -> float:
+    """Percentile with linear interpolation (q in 0..100); nan when empty."""
+    if not xs:
+        return float("nan")
+    s = sorted(xs)
+    k = (len(s) - 1) * q / 100.0
+    lo = int(k)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def ms(x: float) -> str:
+    """Seconds as milliseconds for the tables; '–' for nan."""
+    return "–" if x != x else (f"{x * 1e3:.2f}" if x < 0.1 else f"{x * 1e3:.0f}")
+
+
+def ratio(a: float, b: float) -> str:
+    return "–" if (a != a or b != b or b <= 0) else f"{a / b:.1f}×"
+
+
+def share(xs: Sequence[float], limit: float) -> str:
+    return "–" if not xs else f"{sum(1 for x in xs if x <= limit) / len(xs):.1%}"
+
+
+class Ioc(Server):
+    """The real IOC with two slots (``--gpus 0,1``) and the torch backend."""
+
+    def __init__(self, tmp: Path, apprun: str, repeater_port: int, ports: Sequence[int], gpus: str) -> None:
+        super().__init__("tomocorioc", tmp, apprun, repeater_port, ports)
+        self.gpus = gpus
+        self.data = self.dir / "data"
+
+    def argv(self, script: str) -> List[str]:
+        self.data.mkdir(exist_ok=True)
+        return [sys.executable, "-m", "tomocorioc", "serve", "--prefix", self.prefix,
+                "--state", str(self.dir / "state"), "--data-root", str(self.data),
+                "--interface", "127.0.0.1", "--gpus", self.gpus, "--backend", "torch"]
+
+    def put(self, name: str, value: Any, string: bool = False) -> None:
+        """``caput -c`` (waits for completion; a refused put is a harness failure)."""
+        args = ["-c", "-w", "10"] + (["-S"] if string else []) + [self.prefix + name, str(value)]
+        r = self.tool("caput", *args, timeout=30)
+        if r.returncode != 0:
+            raise HarnessError(f"caput {name} {value} failed: {r.stdout}{r.stderr}")
+
+    def get_int(self, name: str) -> int:
+        v = self.caget(self.prefix + name, 3.0)
+        if v is None:
+            raise HarnessError(f"caget {name} did not answer")
+        return int(float(v))
+
+    def wait_int(self, name: str, pred: Any, timeout: float, what: str) -> int:
+        deadline = time.monotonic() + timeout
+        while True:
+            v = self.get_int(name)
+            if pred(v):
+                return v
+            if time.monotonic() > deadline:
+                raise HarnessError(f"{what}: {name} = {v} after {timeout:.0f} s\n{self.log_tail()}")
+            time.sleep(0.2)
+
+
+def proc_cpu(pids: Sequence[int]) -> float:
+    """Sum of user + system CPU seconds of ``pids`` (gone ones count 0)."""
+    import psutil
+    total = 0.0
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+            total += t.user + t.system
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return total
+
+
+def renice(pids: Sequence[int], nice: int) -> None:
+    """Set the nice value of every thread of ``pids`` (a diagnostic: what if the IOC had priority?)."""
+    if not nice:
+        return
+    import psutil
+    for pid in pids:
+        try:
+            for t in psutil.Process(pid).threads():
+                os.setpriority(os.PRIO_PROCESS, t.id, nice)   # Linux: per thread
+        except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError, PermissionError):
+            pass
+
+
+def descendants(pid: int) -> List[int]:
+    import psutil
+    try:
+        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+# ======================================================================================
+# parent: where the IOC's threads spend their time
+# ======================================================================================
+def thread_sched(pid: int) -> Dict[int, Tuple[float, float]]:
+    """Per thread of ``pid``: (seconds on a CPU, seconds runnable but waiting for a CPU) from
+    /proc/PID/task/TID/schedstat; empty where the kernel has no schedstats."""
+    out: Dict[int, Tuple[float, float]] = {}
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            f = Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()
+            out[tid] = (int(f[0]) / 1e9, int(f[1]) / 1e9)
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
+def thread_names(pid: int) -> Dict[int, str]:
+    """TID -> Python thread name, from ``py-spy dump --nonblocking`` (empty without py-spy)."""
+    import re
+    if shutil.which("py-spy") is None:
+        return {}
+    try:
+        r = subprocess.run(["py-spy", "dump", "--nonblocking", "-p", str(pid)], capture_output=True, text=True,
+                           timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    return {int(m.group(1)): m.group(2) for m in re.finditer(r'^Thread (\d+) \([^)]*\): "([^"]*)"', r.stdout, re.M)}
+
+
+def _short(frame: str) -> str:
+    """'func (path/to/file.py:12)' -> 'func (file.py:12)'."""
+    name, _, where = frame.partition(" (")
+    return f"{name} ({where.rsplit('/', 1)[-1]}" if where else frame
+
+
+def pyspy_summary(path: Path, seconds: float, rate: int, top: int = 8) -> Dict[str, Any]:
+    """Per thread of a ``py-spy record --threads -f raw`` file (idle samples left out by py-spy): the share
+    of the window it was active, and what it ran: the task or callback the event loop ran
+    (the frame under ``Handle._run``) or the function the executor ran (under ``_WorkItem.run``), with the
+    innermost tomocorioc frame below it."""
+    import re
+    threads: Dict[str, Dict[str, Any]] = {}
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return {}
+    for line in lines:
+        stack, _, count = line.rpartition(" ")
+        m = re.match(r"thread \((\d+)\): ([^;]*);?(.*)$", stack)
+        if not m or not count.isdigit():
+            continue
+        n = int(count)
+        name = f"{m.group(2)} (tid {m.group(1)})"
+        frames = m.group(3).split(";") if m.group(3) else []
+        t = threads.setdefault(name, {"active": 0, "what": defaultdict(int)})
+        t["active"] += n
+        task, below = "?", frames
+        for i, f in enumerate(frames):
+            if f.startswith(("Handle._run ", "_WorkItem.run ")) and i + 1 < len(frames):
+                task, below = _short(frames[i + 1]), frames[i + 1:]
+                break
+        own = [f for f in below if "tomocorioc/" in f]
+        detail = _short(own[-1]) if own else _short(frames[-1]) if frames else "?"
+        t["what"][f"{task} > {detail}" if detail != task else task] += n
+    total = max(1.0, seconds * rate)
+    out = {}
+    for name, t in sorted(threads.items(), key=lambda kv: -kv[1]["active"]):
+        out[name] = {"active": t["active"] / total,
+                     "top": [(w, n / total) for w, n in sorted(t["what"].items(), key=lambda kv: -kv[1])[:top]]}
+    return out
+
+
+# ======================================================================================
+# parent: the benchmark
+# ======================================================================================
+class Bench:
+    def __init__(self, a: argparse.Namespace) -> None:
+        import uuid
+        self.a = a
+        self.run_id = uuid.uuid4().hex
+        ports = free_ports(4)
+        self.repeater_port = ports[0]
+        self.procs = Procs(self.run_id, self.repeater_port)
+        self.apprun = find_apprun()
+        self.script = str(Path(__file__).resolve())
+        self.tmp = Path(tempfile.mkdtemp(prefix="bench_load_"))
+        self.ioc = Ioc(self.tmp, self.apprun, self.repeater_port, ports[1:], a.gpus)
+        self.repeater: Optional[subprocess.Popen] = None
+        self.writer: Optional[Child] = None
+        self.probe: Optional[Child] = None
+        self.rng = random.Random(a.seed)
+        self.results: Dict[str, Any] = {"windows": []}
+        self.value_k = 0
+        self.batch = 0
+        self.base_files: List[Path] = []
+        self.row_seconds = 5.0
+        self.status_names: List[str] = []
+        self.thread_name: Dict[int, str] = {}
+
+    # -- children ---------------------------------------------------------------------------
+    def child(self, argv: List[str], label: str, group: Optional[int] = None) -> Child:
+        with open(self.ioc.dir / f"{label}.log", "ab") as err:
+            p = self.procs.start([sys.executable, self.script, *argv], self.ioc.env, group=group,
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
+        return Child(p, label)
+
+    def names_file(self, name: str, names: Sequence[str]) -> str:
+        f = self.tmp / name
+        f.write_text(json.dumps([self.ioc.prefix + n for n in names]))
+        return str(f)
+
+    # -- set-up -----------------------------------------------------------------------------
+    def setup(self) -> None:
+        a = self.a
+        from tomocorioc.ioc.pvdefs import Role, pv_table
+        from tomocorioc.sim import SimConfig, simulate_series
+        self.status_names = [p.name for p in pv_table() if p.role is Role.STATUS]
+        t0 = time.monotonic()
+        base = self.tmp / "base"
+        base.mkdir()
+        simulate_series(base, SimConfig(ncols=a.width, nrows=a.rows, nproj=a.nproj, seed=3), a.base_files,
+                        name="load")
+        self.base_files = sorted(base.glob("load_*.h5"))
+        print(f"  simulated {len(self.base_files)} scans ({a.width} px, {a.rows} rows, {a.nproj} projections) "
+              f"in {time.monotonic() - t0:.1f} s", flush=True)
+        env = dict(self.ioc.env)
+        env[MARK] = self.run_id
+        self.repeater = start_ca_repeater(env)
+        with open(self.ioc.log_path, "wb") as log:
+            self.ioc.proc = self.procs.start(self.ioc.argv(self.script), self.ioc.env, stdout=log,
+                                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while self.ioc.caget(self.ioc.prefix + "ServerRunning", 1.0) != "Running":
+            if self.ioc.proc.poll() is not None:
+                raise HarnessError(f"IOC exited ({self.ioc.proc.returncode}):\n{self.ioc.log_tail()}")
+            if time.monotonic() > deadline:
+                raise HarnessError(f"IOC did not come up:\n{self.ioc.log_tail()}")
+            time.sleep(0.3)
+        print(f"  IOC {self.ioc.prefix} up after {time.monotonic() - t0:.1f} s (pid {self.ioc.proc.pid}, "
+              f"CA port {self.ioc.ca_port})", flush=True)
+        self.ioc.put("Pause", 1)
+        self.ioc.put("CenterSearchWidth", a.search_width)
+        self.writer = self.child(["--_client", self.ioc.prefix + SETTING_PV, "nomon"], "writer")
+        self.probe = self.child(["--_monitor", self.names_file("probe.json", PROBE_PVS)], "probe")
+        for c in (self.writer, self.probe):
+            if not c.recv(60).get("ready"):
+                raise HarnessError(f"{c.label} did not connect")
+        self.warm_up()
+
+    def warm_up(self) -> None:
+        """Run a few rows with both slots (workers start, torch warms up) and measure the rate."""
+        a = self.a
+        self.top_up(2 * len(self.base_files))
+        self.ioc.put("Resume", 1)
+        t0 = time.monotonic()
+        self.ioc.wait_int("NumRunning", lambda v: v >= 2, 180, "warm-up: both slots running")
+        t1 = time.monotonic()
+        n_target = max(4, len(self.base_files))
+        done = self.ioc.wait_int("NumDone", lambda v: v >= n_target, 300, "warm-up: rows done")
+        t2 = time.monotonic()
+        self.row_seconds = max(0.5, (t2 - t1) * 2 / max(1, done))   # one slot's seconds per row
+        self.pause_jobs()
+        print(f"  warm-up: both slots running after {t1 - t0:.1f} s; {done} rows in {t2 - t1:.1f} s "
+              f"(~{self.row_seconds:.1f} s per row per slot)", flush=True)
+        self.writer_block(20, a.put_period)         # warm the writer and probe; discarded
+        self.probe_dump("warmup")
+        assert self.ioc.proc is not None
+        self.thread_name = thread_names(self.ioc.proc.pid)
+
+    def top_up(self, target: int) -> None:
+        """Hard-link fresh copies of the base scans into a new batch folder and queue it, until
+        ``target`` rows wait."""
+        queued = self.ioc.get_int("NumQueued")
+        while queued < target:
+            self.batch += 1
+            d = self.ioc.data / f"b{self.batch:03d}"
+            d.mkdir()
+            for f in self.base_files:
+                os.link(f, d / f"b{self.batch:03d}_{f.name}")
+            self.ioc.put("Enqueue", str(d), string=True)
+            queued += len(self.base_files)
+        self.results.setdefault("batches", 0)
+        self.results["batches"] = self.batch
+
+    def pause_jobs(self) -> None:
+        self.ioc.put("Pause", 1)
+        self.ioc.wait_int("NumRunning", lambda v: v == 0, 120, "pause: running jobs finish")
+        self.ioc.put("ClearDone", 1)
+
+    def resume_jobs(self, seconds: float) -> None:
+        need = math.ceil(2 * (seconds + 15) / self.row_seconds * 1.5) + 2
+        self.top_up(need)
+        self.ioc.put("Resume", 1)
+        self.ioc.wait_int("NumRunning", lambda v: v >= 2, 120, "resume: both slots running")
+
+    # -- measuring clients ------------------------------------------------------------------
+    def writer_block(self, n: int, period: float) -> Dict[str, Any]:
+        vals = []
+        for _ in range(n):
+            self.value_k += 1
+            vals.append(round(1.0 + 0.01 * (self.value_k % 99000), 2))   # unique over the run, within 0..1000
+        assert self.writer is not None
+        r = self.writer.call({"op": "paced", "values": vals, "period": period, "timeout": 5.0},
+                             timeout=60 + n * (period + 5.0))
+        r["values"] = vals
+        return r
+
+    def probe_dump(self, tag: str) -> List[List[Any]]:
+        assert self.probe is not None
+        f = self.tmp / f"probe-{tag}.json"
+        self.probe.call({"op": "dump", "path": str(f)}, timeout=30)
+        return json.loads(f.read_text())
+
+    def start_load_clients(self, tag: str) -> Tuple[List[Child], List[Child], int]:
+        """4 readers and 4 monitors in one new process group; returns once all are connected."""
+        status_file = self.names_file("status.json", self.status_names)
+        mon_file = self.names_file("monitor.json", self.status_names + [SETTING_PV])
+        readers: List[Child] = []
+        monitors: List[Child] = []
+        pgid: Optional[int] = None
+        for i in range(N_READERS):
+            c = self.child(["--_reader", status_file, str(self.a.read_pause)], f"reader{i}-{tag}", group=pgid)
+            pgid = pgid or c.proc.pid
+            readers.append(c)
+        for i in range(N_MONITORS):
+            monitors.append(self.child(["--_monitor", mon_file], f"monitor{i}-{tag}", group=pgid))
+        for c in readers + monitors:
+            r = c.recv(90)
+            if not r.get("ready"):
+                raise HarnessError(f"{c.label} did not connect: {r}")
+        assert pgid is not None
+        return readers, monitors, pgid
+
+    # -- one phase window -------------------------------------------------------------------
+    def window(self, kind: str, rnd: int, spy: bool) -> Dict[str, Any]:
+        a = self.a
+        S = a.phase_seconds
+        tag = f"{kind}-r{rnd}"
+        if JOBS[kind]:
+            self.resume_jobs(S)
+        else:
+            self.pause_jobs()
+        readers: List[Child] = []
+        monitors: List[Child] = []
+        pgid = None
+        if CLIENTS[kind]:
+            readers, monitors, pgid = self.start_load_clients(tag)
+        for c in readers:
+            c.send({"op": "go", "seconds": S + 30})
+        time.sleep(a.settle)
+        self.probe_dump(f"pre-{tag}")                     # drop what came before the window
+        assert self.ioc.proc is not None
+        ioc_pid = self.ioc.proc.pid
+        workers = descendants(ioc_pid)
+        client_pids = [c.proc.pid for c in readers + monitors]
+        renice(workers, a.nice_workers)                   # diagnostics (default 0: nothing changes)
+        renice(client_pids, a.nice_clients)
+        cpu0 = (proc_cpu([ioc_pid]), proc_cpu(workers), proc_cpu(client_pids))
+        sched0 = thread_sched(ioc_pid)
+        spy_proc = None
+        spy_file = self.tmp / f"pyspy-{tag}.txt"
+        if spy:
+            spy_proc = subprocess.Popen(["py-spy", "record", "--nonblocking", "--threads", "-r", str(SPY_RATE),
+                                         "-d", str(int(S)), "-f", "raw", "-o", str(spy_file), "-p", str(ioc_pid)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        process_group=0)
+        t0, m0 = time.time(), time.monotonic()
+        w = self.writer_block(max(5, int(S / a.put_period)), a.put_period)
+        t1, m1 = time.time(), time.monotonic()
+        cpu1 = (proc_cpu([ioc_pid]), proc_cpu(workers), proc_cpu(client_pids))
+        sched1 = thread_sched(ioc_pid)
+        time.sleep(0.5)                                    # the last updates arrive
+        probe = self.probe_dump(tag)
+        mon_recs: List[List[List[Any]]] = []
+        rstats: List[Dict[str, Any]] = []
+        for c in readers:
+            c.send({"op": "stop"})
+        for c in readers:
+            rstats.append(c.recv(60))
+        for i, c in enumerate(monitors):
+            f = self.tmp / f"mon{i}-{tag}.json"
+            c.call({"op": "dump", "path": str(f)}, timeout=60)
+            mon_recs.append(json.loads(f.read_text()))
+        for c in readers + monitors:
+            try:
+                c.send({"op": "quit"})
+            except HarnessError:
+                pass
+        if pgid is not None:
+            time.sleep(0.3)
+            self.procs.kill_group(pgid, signal.SIGKILL)
+        spy_out: Dict[str, Any] = {}
+        if spy_proc is not None:
+            try:
+                spy_proc.wait(S + 30)
+            except subprocess.TimeoutExpired:
+                self.procs.kill_group(spy_proc.pid, signal.SIGKILL)
+                spy_proc.wait(5)
+            spy_out = pyspy_summary(spy_file, S, SPY_RATE)
+        res = self.analyse(kind, w, probe, mon_recs, rstats, t0, t1)
+        dt = m1 - m0
+        threads: Dict[str, Tuple[float, float]] = {}
+        for tid, (c1, q1) in sched1.items():
+            c0, q0 = sched0.get(tid, (0.0, 0.0))
+            name = self.thread_name.get(tid) or ("MainThread" if tid == ioc_pid else f"tid {tid}")
+            threads[name] = ((c1 - c0) / dt, (q1 - q0) / dt)
+        res["threads"] = threads
+        res.update({"kind": kind, "round": rnd, "seconds": dt,
+                    "cpu_ioc": (cpu1[0] - cpu0[0]) / dt, "cpu_workers": (cpu1[1] - cpu0[1]) / dt,
+                    "cpu_clients": (cpu1[2] - cpu0[2]) / dt, "pyspy": spy_out, "pyspy_file": str(spy_file)})
+        print(f"  round {rnd + 1} {kind:8s}: {len(w['ack'])} puts, ack p50 {ms(pct(w['ack'], 50))} "
+              f"p99 {ms(pct(w['ack'], 99))} max {ms(max(w['ack']))} ms; settings monitor p99 "
+              f"{ms(pct(res['set_delay'], 99))} ms; both slots busy {res['both_busy']:.0%}; "
+              f"CPU ioc {res['cpu_ioc']:.0%} workers {res['cpu_workers']:.0%} clients {res['cpu_clients']:.0%}",
+              flush=True)
+        return res
+
+    def analyse(self, kind: str, w: Dict[str, Any], probe: List[List[Any]], mons: List[List[List[Any]]],
+                rstats: List[Dict[str, Any]], t0: float, t1: float) -> Dict[str, Any]:
+        """Figures of one window from the writer's reply and the monitors' records."""
+        sent = {round(v, 4): wall for v, wall in zip(w["values"], w["wall"])}
+        # settings PV: per client kind, delay of every (value, client) pair, and how many arrived
+        set_delay: Dict[str, List[float]] = {"probe": [], "monitors": []}
+        delivered = {"probe": 0, "monitors": 0}
+        expected = {"probe": len(sent), "monitors": len(sent) * len(mons)}
+        i_set_probe = PROBE_PVS.index(SETTING_PV)
+        i_set_mon = len(self.status_names)
+
+        def settings_from(recs: List[List[Any]], idx: int, who: str) -> None:
+            seen = set()
+            for i, arr, _ts, num in recs:
+                if i != idx or num is None:
+                    continue
+                key = round(num, 4)
+                if key in sent and key not in seen:
+                    seen.add(key)
+                    set_delay[who].append(arr - sent[key])
+            delivered[who] += len(seen)
+
+        settings_from(probe, i_set_probe, "probe")
+        for recs in mons:
+            settings_from(recs, i_set_mon, "monitors")
+        # context from the probe: share of the window with NumRunning >= 2, rows finished, lowest watchdog
+        i_run, i_done, i_wd = (PROBE_PVS.index(n) for n in ("NumRunning", "NumDone", "Watchdog"))
+        running = [(arr, num) for i, arr, _ts, num in probe if i == i_run and num is not None]
+        both = self._share_ge(running, 2, t0, t1, JOBS[kind])
+        done_vals = [num for i, _arr, _ts, num in probe if i == i_done and num is not None]
+        wd = [num for i, _arr, _ts, num in probe if i == i_wd and num is not None]
+        out: Dict[str, Any] = {
+            "puts": len(w["ack"]), "put_fails": w["fails"], "ack": w["ack"],
+            "set_delay": set_delay["probe"] + set_delay["monitors"], "set_delay_probe": set_delay["probe"],
+            "set_delay_monitors": set_delay["monitors"], "set_delivered": delivered, "set_expected": expected,
+            "both_busy": both, "rows_done": (max(done_vals) - min(done_vals)) if len(done_vals) > 1 else 0,
+            "watchdog_min_probe": min(wd) if wd else None,
+        }
+        # status PVs at the 4 monitors: delay from the CA timestamp, completeness, Elapsed gaps
+        if mons:
+            names = self.status_names
+            elapsed = {names.index(f"Slot{n}:Elapsed") for n in (1, 2)}   # each published every 0.5 s
+            i_wd_m = names.index("Watchdog")
+            i_sr_m = names.index("ServerRunning")
+            delays: List[float] = []
+            per_update: Dict[Tuple[int, float], int] = defaultdict(int)
+            gaps: List[float] = []
+            wd_min: Optional[float] = None
+            stopped = 0
+            for recs in mons:
+                last_el: Dict[int, float] = {}
+                for i, arr, ts, num in recs:
+                    if i >= len(names) or ts < t0 or ts > t1:      # settings PV, or written outside the window
+                        continue
+                    delays.append(arr - ts)
+                    per_update[(i, round(ts, 6))] += 1
+                    if i in elapsed:          # per slot; a slot between two jobs publishes 0.0 then pauses
+                        if i in last_el and num:
+                            gaps.append(arr - last_el[i])
+                        last_el[i] = arr
+                    if i == i_wd_m and num is not None:
+                        wd_min = num if wd_min is None else min(wd_min, num)
+                    if i == i_sr_m and num == 0:
+                        stopped += 1
+            complete = sum(1 for n in per_update.values() if n >= len(mons))
+            out.update({"status_delay": delays, "status_updates": len(per_update),
+                        "status_complete": complete, "elapsed_gap_max": max(gaps) if gaps else None,
+                        "elapsed_updates": len(gaps), "watchdog_min": wd_min, "server_stopped": stopped})
+        if rstats:
+            reads = sum(r["reads"] for r in rstats)
+            secs = max(r["seconds"] for r in rstats)
+            sweeps = [s for r in rstats for s in r["sweeps"]]
+            out.update({"reads_per_s": reads / secs if secs > 0 else 0.0, "read_fails": sum(r["fails"] for r in rstats),
+                        "sweep_p50": pct(sweeps, 50), "sweep_p99": pct(sweeps, 99)})
+        return out
+
+    @staticmethod
+    def _share_ge(timeline: List[Tuple[float, float]], level: int, t0: float, t1: float, jobs: bool) -> float:
+        """Share of [t0, t1] during which the last value seen (by arrival) was >= ``level``."""
+        if not jobs:
+            return 0.0
+        if not timeline:        # no change in the window: the value at its start held throughout
+            return 1.0
+        # the value before the first change in the window is unknown from the window's records alone;
+        # the phase only opens once NumRunning >= 2, so take that as the starting value
+        cur, t, busy = 2.0, t0, 0.0
+        for arr, num in sorted(timeline):
+            arr = min(max(arr, t0), t1)
+            if cur >= level:
+                busy += arr - t
+            cur, t = num, arr
+        if cur >= level:
+            busy += t1 - t
+        return busy / (t1 - t0) if t1 > t0 else 0.0
+
+    # -- run and report ---------------------------------------------------------------------
+    def run(self) -> int:
+        a = self.a
+        t_start = time.monotonic()
+        print(f"# Latency under load ({'quick' if a.quick else 'default'})", flush=True)
+        print(machine_description(("caproto", "pyepics", "pvapy", "torch", "tomocorioc")), flush=True)
+        print(f"{load_average()} at start; temp dir {self.tmp}", flush=True)
+        print(f"phases {','.join(a.phases)} x {a.rounds} rounds x {a.phase_seconds:g} s; put every {a.put_period:g} s; "
+              f"reader pause {a.read_pause:g} s; CenterSearchWidth {a.search_width:g}; --gpus {a.gpus}"
+              + (f"; workers reniced to {a.nice_workers}" if a.nice_workers else "")
+              + (f"; load clients reniced to {a.nice_clients}" if a.nice_clients else ""), flush=True)
+        self.results["load_start"] = os.getloadavg()
+        self.results["settings"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}
+        self.setup()
+        windows = self.results["windows"]
+        for rnd in range(a.rounds):
+            order = list(a.phases)
+            self.rng.shuffle(order)
+            for kind in order:
+                spy = a.py_spy and rnd == a.rounds - 1
+                windows.append(self.window(kind, rnd, spy))
+        self.pause_jobs()
+        self.results["load_end"] = os.getloadavg()
+        self.results["runtime_s"] = time.monotonic() - t_start
+        log = self.ioc.log_tail(400000)
+        self.results["log_errors"] = log_errors(log)
+        self.results["log_tracebacks"] = tracebacks(log)
+        self.report()
+        return 0
+
+    def report(self) -> None:
+        a, r = self.a, self.results
+        by: Dict[str, List[Dict[str, Any]]] = defaultdict(list)
+        for w in r["windows"]:
+            by[w["kind"]].append(w)
+
+        def cat(kind: str, key: str) -> List[float]:
+            return [x for w in by[kind] for x in w.get(key, [])]
+
+        summary: Dict[str, Any] = {}
+        print()
+        print(f"## Settings put -> ack and settings-PV monitor delay ({a.rounds} rounds x {a.phase_seconds:g} s per "
+              f"phase, one put every {a.put_period * 1e3:.0f} ms; monitor delay = arrival at each monitoring client "
+              "- the writer's put start)")
+        print()
+        print("| phase | puts | put->ack p50 ms | p99 ms | max ms | monitor delay p50 ms | p99 ms | max ms "
+              "| within 100 ms | delivered |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for kind in a.phases:
+            ack, md = cat(kind, "ack"), cat(kind, "set_delay")
+            got = sum(sum(w["set_delivered"].values()) for w in by[kind])
+            exp = sum(sum(w["set_expected"].values()) for w in by[kind])
+            fails = sum(w["put_fails"] for w in by[kind])
+            print(f"| {kind} | {len(ack)}{f' ({fails} failed)' if fails else ''} | {ms(pct(ack, 50))} "
+                  f"| {ms(pct(ack, 99))} | {ms(max(ack) if ack else float('nan'))} | {ms(pct(md, 50))} "
+                  f"| {ms(pct(md, 99))} | {ms(max(md) if md else float('nan'))} | {share(md, GOAL_MONITOR)} "
+                  f"| {got / max(1, exp):.1%} |")
+            summary[kind] = {"puts": len(ack), "put_fails": fails, "ack_p50_ms": pct(ack, 50) * 1e3,
+                             "ack_p99_ms": pct(ack, 99) * 1e3, "ack_max_ms": (max(ack) if ack else math.nan) * 1e3,
+                             "mon_p50_ms": pct(md, 50) * 1e3, "mon_p99_ms": pct(md, 99) * 1e3,
+                             "mon_max_ms": (max(md) if md else math.nan) * 1e3,
+                             "mon_within_100ms": sum(1 for x in md if x <= GOAL_MONITOR) / max(1, len(md)),
+                             "mon_delivered": got / max(1, exp)}
+        if "idle" in by:
+            print()
+            print("| ratio to idle | put->ack p50 | p99 | max | monitor delay p50 | p99 | max |")
+            print("|---|---|---|---|---|---|---|")
+            i_ack, i_md = cat("idle", "ack"), cat("idle", "set_delay")
+            for kind in a.phases:
+                if kind == "idle":
+                    continue
+                ack, md = cat(kind, "ack"), cat(kind, "set_delay")
+                print(f"| {kind} / idle | {ratio(pct(ack, 50), pct(i_ack, 50))} "
+                      f"| {ratio(pct(ack, 99), pct(i_ack, 99))} "
+                      f"| {ratio(max(ack), max(i_ack))} | {ratio(pct(md, 50), pct(i_md, 50))} "
+                      f"| {ratio(pct(md, 99), pct(i_md, 99))} | {ratio(max(md), max(i_md))} |")
+        print()
+        print("Settings-PV monitor delay by client (ms, p50 / p99 / max):")
+        print()
+        print("| phase | probe (monitors 5 PVs) | 4 load monitors (143 PVs each) |")
+        print("|---|---|---|")
+        for kind in a.phases:
+            p, m = cat(kind, "set_delay_probe"), cat(kind, "set_delay_monitors")
+            fm = "–" if not m else f"{ms(pct(m, 50))} / {ms(pct(m, 99))} / {ms(max(m))}"
+            print(f"| {kind} | {ms(pct(p, 50))} / {ms(pct(p, 99))} / {ms(max(p)) if p else '–'} | {fm} |")
+        mon_kinds = [k for k in a.phases if CLIENTS[k]]
+        if mon_kinds:
+            print()
+            print("## Status PVs at the 4 monitors (delay = arrival - the update's CA timestamp)")
+            print()
+            print("| phase | updates (distinct) | reached all 4 | delay p50 ms | p99 ms | max ms | within 100 ms "
+                  "| largest gap between Slot Elapsed updates | lowest Watchdog | ServerRunning=Stopped seen |")
+            print("|---|---|---|---|---|---|---|---|---|---|")
+            for kind in mon_kinds:
+                ws = by[kind]
+                d = cat(kind, "status_delay")
+                upd = sum(w["status_updates"] for w in ws)
+                comp = sum(w["status_complete"] for w in ws)
+                gaps = [w["elapsed_gap_max"] for w in ws if w.get("elapsed_gap_max") is not None]
+                wds = [w["watchdog_min"] for w in ws if w.get("watchdog_min") is not None]
+                stopped = sum(w["server_stopped"] for w in ws)
+                print(f"| {kind} | {upd} | {comp / max(1, upd):.1%} | {ms(pct(d, 50))} | {ms(pct(d, 99))} "
+                      f"| {ms(max(d) if d else float('nan'))} | {share(d, GOAL_MONITOR)} "
+                      f"| {('%.2f s' % max(gaps)) if gaps else '– (no job ran)'} "
+                      f"| {min(wds) if wds else 'no change (4)'} | {stopped} |")
+                summary[kind].update({"status_updates": upd, "status_complete": comp / max(1, upd),
+                                      "status_p50_ms": pct(d, 50) * 1e3, "status_p99_ms": pct(d, 99) * 1e3,
+                                      "status_max_ms": (max(d) if d else math.nan) * 1e3,
+                                      "status_within_100ms": sum(1 for x in d if x <= GOAL_MONITOR) / max(1, len(d)),
+                                      "elapsed_gap_max_s": max(gaps) if gaps else None})
+        print()
+        print("## Context (per window, mean over rounds; CPU in % of one core)")
+        print()
+        print("| phase | both slots running | rows finished / window | IOC CPU | workers CPU | clients CPU "
+              "| reads/s (4 readers) | reader sweep p50 / p99 ms |")
+        print("|---|---|---|---|---|---|---|---|")
+        for kind in a.phases:
+            ws = by[kind]
+
+            def mean(key: str) -> float:
+                xs = [w[key] for w in ws if w.get(key) is not None]
+                return sum(xs) / len(xs) if xs else float("nan")
+            rd = "–" if not CLIENTS[kind] else f"{mean('reads_per_s'):.0f}"
+            sw = "–" if not CLIENTS[kind] else f"{ms(mean('sweep_p50'))} / {ms(mean('sweep_p99'))}"
+            busy = f"{mean('both_busy'):.0%}" if JOBS[kind] else "–"
+            print(f"| {kind} | {busy} | {mean('rows_done'):.1f} | {mean('cpu_ioc'):.0%} | {mean('cpu_workers'):.0%} "
+                  f"| {mean('cpu_clients'):.0%} | {rd} | {sw} |")
+            summary[kind].update({"both_busy": mean("both_busy"), "cpu_ioc": mean("cpu_ioc"),
+                                  "cpu_workers": mean("cpu_workers"), "cpu_clients": mean("cpu_clients")})
+        print()
+        print("## IOC threads (schedstat; % of the window: on a CPU / runnable but waiting for a CPU)")
+        print()
+        names = sorted({n for w in r["windows"] for n in w.get("threads", {})},
+                       key=lambda n: -sum(w.get("threads", {}).get(n, (0, 0))[0] for w in r["windows"]))
+        shown = [n for n in names if n in ("MainThread", "ioc-put_0")] + \
+                [n for n in names if n not in ("MainThread", "ioc-put_0")][:3]
+        print("| phase | " + " | ".join(shown) + " | all threads |")
+        print("|---|" + "---|" * (len(shown) + 1))
+        for kind in a.phases:
+            cells = []
+            for n in shown + [None]:
+                vals = [w["threads"].get(n, (0.0, 0.0)) if n else
+                        tuple(map(sum, zip(*w["threads"].values()))) for w in by[kind] if w.get("threads")]
+                if not vals:
+                    cells.append("–")
+                    continue
+                c = sum(v[0] for v in vals) / len(vals)
+                q = sum(v[1] for v in vals) / len(vals)
+                cells.append(f"{c:.0%} / {q:.0%}")
+            print(f"| {kind} | " + " | ".join(cells) + " |")
+        spied = [w for w in r["windows"] if w.get("pyspy")]
+        for w in spied:
+            print()
+            print(f"## py-spy of the IOC during the {w['kind']} window of round {w['round'] + 1} "
+                  f"({SPY_RATE} Hz, --nonblocking; % of the window active; raw: {w['pyspy_file']})")
+            for th, t in list(w["pyspy"].items())[:4]:
+                print()
+                print(f"{th}: active {t['active']:.0%}")
+                for what, f in t["top"][:7]:
+                    print(f"  {f:6.1%}  {what}")
+        r["summary"] = summary
+        print()
+        print("## Goal")
+        print()
+        lo = summary.get("loaded")
+        if lo is None:
+            print("no loaded phase run")
+        else:
+            idle = summary.get("idle", {})
+            ok_ack = lo["ack_p99_ms"] <= GOAL_ACK_P99 * 1e3
+            print(f"* settings put -> ack p99 under load {lo['ack_p99_ms']:.2f} ms (idle "
+                  f"{idle.get('ack_p99_ms', math.nan):.2f} ms) vs goal <= 20 ms: {'MET' if ok_ack else 'NOT MET'}")
+            sd = lo.get("status_max_ms", math.nan)
+            ok_mon = (lo["mon_max_ms"] <= GOAL_MONITOR * 1e3 and lo["mon_delivered"] >= 1.0
+                      and (sd != sd or sd <= GOAL_MONITOR * 1e3))
+            print(f"* every monitor update within 100 ms under load: settings PV max {lo['mon_max_ms']:.1f} ms "
+                  f"({lo['mon_within_100ms']:.1%} within, {lo['mon_delivered']:.1%} delivered; idle max "
+                  f"{idle.get('mon_max_ms', math.nan):.1f} ms), status PVs max {sd:.1f} ms "
+                  f"({lo.get('status_within_100ms', math.nan):.1%} within): {'MET' if ok_mon else 'NOT MET'}")
+            r["goal"] = {"ack": ok_ack, "monitor": ok_mon}
+        print()
+        errs = "; ".join(r["log_errors"])[:300] or "none"
+        print(f"IOC log errors: {errs}; tracebacks: {len(r['log_tracebacks'])}")
+        le = r["load_end"]
+        print(f"load average at end {le[0]:.2f} {le[1]:.2f} {le[2]:.2f}; runtime {r['runtime_s']:.0f} s")
+
+    def close(self) -> None:
+        for c in (self.writer, self.probe):
+            if c is not None:
+                try:
+                    c.send({"op": "quit"})
+                except HarnessError:
+                    pass
+        self.procs.stop_all()
+        stop_process(self.repeater)
+        if not self.a.keep:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--_client"]:
+        return client_main(argv[1], argv[2])
+    if argv[:1] == ["--_monitor"]:
+        return monitor_main(argv[1])
+    if argv[:1] == ["--_reader"]:
+        return reader_main(argv[1], float(argv[2]))
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="2 rounds x idle,loaded x 10 s (under 2 min)")
+    ap.add_argument("--rounds", type=int, help="rounds (default 3, quick 2)")
+    ap.add_argument("--phase-seconds", type=float, help="length of each measured window (default 15, quick 10)")
+    ap.add_argument("--phases", help=f"comma list from {','.join(PHASES)} (default all; quick idle,loaded)")
+    ap.add_argument("--put-period", type=float, default=0.1, help="one settings put every S s (default 0.1)")
+    ap.add_argument("--read-pause", type=float, default=0.1,
+                    help="each reader sleeps this long between sweeps of the status PVs (default 0.1 s)")
+    ap.add_argument("--settle", type=float, default=1.0, help="s between a phase's set-up and its window")
+    ap.add_argument("--search-width", type=float, default=10.0, help="CenterSearchWidth (default 10 px)")
+    ap.add_argument("--width", type=int, default=128, help="simulated scan width (default 128 px)")
+    ap.add_argument("--rows", type=int, default=4, help="simulated scan rows (default 4)")
+    ap.add_argument("--nproj", type=int, default=181, help="simulated projections (default 181)")
+    ap.add_argument("--base-files", type=int, default=6, help="scans simulated (hard-linked into each batch)")
+    ap.add_argument("--gpus", default="0,1", help="serve --gpus (default 0,1: two slots, CPU here)")
+    ap.add_argument("--py-spy", action="store_true",
+                    help="sample the IOC with py-spy during the last round's windows")
+    ap.add_argument("--nice-workers", type=int, default=0,
+                    help="diagnostic: renice the IOC's worker processes to this value before each window")
+    ap.add_argument("--nice-clients", type=int, default=0,
+                    help="diagnostic: renice the 8 load clients to this value (as if they ran on other hosts)")
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--json", type=Path, help="write every figure (and the raw samples) here")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, records, py-spy output)")
+    a = ap.parse_args(argv)
+    if a.rounds is None:
+        a.rounds = 2 if a.quick else 3
+    if a.phase_seconds is None:
+        a.phase_seconds = 10.0 if a.quick else 15.0
+    a.phases = [x.strip() for x in (a.phases or ("idle,loaded" if a.quick else ",".join(PHASES))).split(",")
+                if x.strip()]
+    bad = [x for x in a.phases if x not in PHASES]
+    if bad or not a.phases:
+        ap.error(f"unknown phase(s) {bad}; choose from {PHASES}")
+    if a.py_spy and shutil.which("py-spy") is None:
+        ap.error("--py-spy: py-spy is not installed")
+
+    def on_term(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_term)
+    bench = Bench(a)
+    code = 0
+    try:
+        code = bench.run()
+    except HarnessError as exc:
+        print(f"harness failure: {exc}", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        code = 130
+    finally:
+        bench.close()
+        if a.json is not None and bench.results.get("windows"):
+            a.json.write_text(json.dumps(bench.results, indent=1, default=str))
+            print(f"wrote {a.json}")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
