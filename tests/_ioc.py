@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
+import weakref
 from pathlib import Path
 from typing import Dict, List, Optional, Set
 
@@ -32,13 +33,31 @@ def session_ports(n: int) -> List[int]:
     return ports
 
 
-CA_PORTS: List[int] = session_ports(4)
+# Six: a test module can hold five servers at once (module fixtures plus a test's own pair).
+CA_PORTS: List[int] = session_ports(6)
 _next_port = itertools.cycle(CA_PORTS)
 os.environ["EPICS_CA_ADDR_LIST"] = " ".join(f"127.0.0.1:{p}" for p in CA_PORTS)
 os.environ["EPICS_CA_AUTO_ADDR_LIST"] = "NO"
 os.environ.setdefault("PYEPICS_LIBCA", "")
 if not os.environ["PYEPICS_LIBCA"]:
     del os.environ["PYEPICS_LIBCA"]
+# Every server object of the session, to skip the pool ports that one still holds.
+_SERVERS: "weakref.WeakSet[IOC]" = weakref.WeakSet()
+
+
+def _pool_port() -> int:
+    """The next pool port (round robin) that no live server of this session holds.
+
+    Two servers on one CA port share its UDP searches (each is answered by one of
+    them only), so a long-lived module fixture must not get a partner when the
+    round robin comes back to its port.  When every port is held, plain round robin.
+    """
+    held = {s.ca_port for s in list(_SERVERS) if s.holds_port}
+    for _ in range(len(CA_PORTS)):
+        port = next(_next_port)
+        if port not in held:
+            return port
+    return next(_next_port)
 
 
 def appimage_tool(name: str) -> List[str]:
@@ -63,11 +82,17 @@ class IOC:
         self.env_extra = dict(env_extra or {})
         self.tmp, self.data_root = tmp, data_root
         self.state = state or tmp / "state"
-        self.ca_port = ca_port or next(_next_port)
+        self.ca_port = ca_port or _pool_port()
         self.pva_port, self.pva_bcast = session_ports(2)
         self.extra = list(extra or [])
         self.proc: Optional[subprocess.Popen] = None
         self.log_path = tmp / f"ioc-{self.prefix.strip(':')}.log"
+        _SERVERS.add(self)
+
+    @property
+    def holds_port(self) -> bool:
+        """Not started yet, or running: its CA port is not free for another server."""
+        return self.proc is None or self.proc.poll() is None
 
     @property
     def env(self) -> Dict[str, str]:
