@@ -194,7 +194,11 @@ class Service:
         for item in find_undersized([r.path for r in rows], self.settings.skip_threshold):
             rid = self.queue.find(item.file)
             if rid is not None and not self.queue.row(rid).skipped and not self.queue.row(rid).running_phase:
-                self.queue.mark_skipped(rid, item.reason)
+                try:
+                    self.queue.mark_skipped(rid, item.reason)
+                except (QueueError, OSError) as exc:   # the file is queued all the same; say why it was not skipped
+                    self.notice(f"{Path(item.file).name}: not skipped: {exc}")
+                    continue
                 skipped.append(item.file)
                 self.notice(f"skipped {Path(item.file).name}: {item.reason}")
         return skipped
