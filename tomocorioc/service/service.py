@@ -104,6 +104,10 @@ class Service:
             data["seq"] = self._event_seq
             self.last_finished = data
             self.finished_events.append(data)
+            if not data.get("success"):   # the last error is what Message shows
+                row = self.queue.get(data.get("row"))
+                name = Path(row.path).name if row else f"row {data.get('row')}"
+                self.notice(f"{name}: {data.get('phase')} failed: {data.get('msg')}")
         elif kind == "started":
             self.last_started = data
         elif kind in ("worker-lost", "fatal"):
