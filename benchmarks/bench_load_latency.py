@@ -528,6 +528,29 @@ class Bench:
         self.probe.call({"op": "dump", "path": str(f)}, timeout=30)
         return json.loads(f.read_text())
 
+    def collect(self, tag: str, monitors: List[Child], last: float, late: float
+                ) -> Tuple[List[List[Any]], List[List[List[Any]]]]:
+        """The probe's and the monitors' records, dumped again until every one of them has the writer's
+        last value (late updates count too), or ``late`` s after the window."""
+        probe: List[List[Any]] = []
+        mons: List[List[List[Any]]] = [[] for _ in monitors]
+        i_probe, i_mon = PROBE_PVS.index(SETTING_PV), len(self.status_names)
+
+        def has_last(recs: List[List[Any]], idx: int) -> bool:
+            return any(r[0] == idx and r[3] is not None and round(r[3], 4) == last for r in recs)
+        deadline = time.monotonic() + late
+        k = 0
+        while True:
+            time.sleep(0.25)
+            probe += self.probe_dump(f"{tag}-{k}")
+            for i, c in enumerate(monitors):
+                f = self.tmp / f"mon{i}-{tag}-{k}.json"
+                c.call({"op": "dump", "path": str(f)}, timeout=60)
+                mons[i] += json.loads(f.read_text())
+            k += 1
+            if (has_last(probe, i_probe) and all(has_last(m, i_mon) for m in mons)) or time.monotonic() > deadline:
+                return probe, mons
+
     def start_load_clients(self, tag: str) -> Tuple[List[Child], List[Child], int]:
         """4 readers and 4 monitors in one new process group; returns once all are connected."""
         status_file = self.names_file("status.json", self.status_names)
@@ -586,18 +609,12 @@ class Bench:
         t1, m1 = time.time(), time.monotonic()
         cpu1 = (proc_cpu([ioc_pid]), proc_cpu(workers), proc_cpu(client_pids))
         sched1 = thread_sched(ioc_pid)
-        time.sleep(0.5)                                    # the last updates arrive
-        probe = self.probe_dump(tag)
-        mon_recs: List[List[List[Any]]] = []
         rstats: List[Dict[str, Any]] = []
         for c in readers:
             c.send({"op": "stop"})
         for c in readers:
             rstats.append(c.recv(60))
-        for i, c in enumerate(monitors):
-            f = self.tmp / f"mon{i}-{tag}.json"
-            c.call({"op": "dump", "path": str(f)}, timeout=60)
-            mon_recs.append(json.loads(f.read_text()))
+        probe, mon_recs = self.collect(tag, monitors, round(w["values"][-1], 4), a.late)
         for c in readers + monitors:
             try:
                 c.send({"op": "quit"})
@@ -828,6 +845,10 @@ class Bench:
                 gaps = [w["elapsed_gap_max"] for w in ws if w.get("elapsed_gap_max") is not None]
                 wds = [w["watchdog_min"] for w in ws if w.get("watchdog_min") is not None]
                 stopped = sum(w["server_stopped"] for w in ws)
+                if not upd:
+                    print(f"| {kind} | 0 (nothing changed: no job ran) | – | – | – | – | – | – "
+                          f"| {min(wds) if wds else 'no change (4)'} | {stopped} |")
+                    continue
                 print(f"| {kind} | {upd} | {comp / max(1, upd):.1%} | {ms(pct(d, 50))} | {ms(pct(d, 99))} "
                       f"| {ms(max(d) if d else float('nan'))} | {share(d, GOAL_MONITOR)} "
                       f"| {('%.2f s' % max(gaps)) if gaps else '– (no job ran)'} "
@@ -944,6 +965,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--read-pause", type=float, default=0.1,
                     help="each reader sleeps this long between sweeps of the status PVs (default 0.1 s)")
     ap.add_argument("--settle", type=float, default=1.0, help="s between a phase's set-up and its window")
+    ap.add_argument("--late", type=float, default=5.0,
+                    help="after a window, wait up to this long for the last value at every monitor (default 5 s)")
     ap.add_argument("--search-width", type=float, default=10.0, help="CenterSearchWidth (default 10 px)")
     ap.add_argument("--width", type=int, default=128, help="simulated scan width (default 128 px)")
     ap.add_argument("--rows", type=int, default=4, help="simulated scan rows (default 4)")

@@ -306,3 +306,26 @@ def test_serve_on_a_loopback_only_host_binds_loopback_without_a_traceback(tmp_pa
     assert ok and alive, text[-3000:]
     assert "only the loopback interface" in text and "serving on 127.0.0.1" in text
     assert "Traceback" not in text and "RuntimeError" not in text
+
+
+def test_a_full_data_disk_fails_the_job_with_no_space_left(tmp_path):
+    small = need_root_mount(tmp_path)
+    try:
+        scans = small / "data"            # outputs go to the sibling data_rec/, on the same full disk
+        scans.mkdir()
+        simulate_series(scans, SimConfig(seed=9, **SMALL), 1, name="n")
+        filler = fill(small)
+        p = subprocess.run([sys.executable, "-m", "tomocorioc", "run", str(scans / "n_0001.h5"), "--json",
+                            "--backend", "torch", "--phases", "try", "--search-width", "6"],
+                           capture_output=True, text=True, timeout=240)
+        assert p.returncode == 1, p.stderr
+        rec = json.loads(p.stdout)
+        assert rec["status"] == "failed" and "no space left on device" in rec["error"], rec
+        assert rec["phases"] == {"try": "failed"}
+        filler.unlink()
+        again = subprocess.run([sys.executable, "-m", "tomocorioc", "run", str(scans / "n_0001.h5"), "--json",
+                                "--backend", "torch", "--phases", "try", "--search-width", "6"],
+                               capture_output=True, text=True, timeout=240)
+        assert again.returncode == 0 and json.loads(again.stdout)["phases"] == {"try": "done"}   # nothing half-kept
+    finally:
+        subprocess.run(["umount", "-l", str(small)], capture_output=True)

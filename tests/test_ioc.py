@@ -473,3 +473,22 @@ def test_settings_and_queue_survive_sigkill_then_sigterm_is_clean(tmp_path):
     names = {k[len(ioc.prefix):] for k in saved}
     assert "CenterSearchWidth" in names and "Enqueue" not in names and "SelectFile" not in names
     assert math.isclose(saved[ioc.pv("CenterSearchWidth")]["value"], 7.5)
+
+
+def test_puts_refused_by_type_conversion_explain_themselves_and_an_empty_long_string_clears(site):
+    ioc, data, _ = site
+    out = ioc.caput("ModelPath", "/some/model.pt")            # a long-string PV written without -S
+    assert out.returncode != 0
+    ioc.wait_for("Message", lambda m: m.startswith("ModelPath") and "caput -S" in m, timeout=5)
+    model = data / "model.pt"
+    model.write_bytes(b"x")
+    try:
+        assert ioc.caput("ModelPath", str(model), string=True).returncode == 0
+        assert ioc.caget("ModelPath") == str(model)
+        assert ioc.caput("ModelPath", "", string=True).returncode == 0   # blank: no model
+        ioc.wait_for("ModelPath", lambda v: v == "", timeout=5)
+    finally:
+        ioc.caput("ModelPath", "", string=True)
+    assert ioc.caput("Enqueue", "", string=True).returncode != 0
+    ioc.wait_for("Message", lambda m: m.startswith("Enqueue") and "empty path" in m, timeout=5)
+    assert "Traceback" not in ioc.log()

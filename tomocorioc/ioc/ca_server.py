@@ -24,6 +24,7 @@ from caproto.server import PVGroup, SubGroup, pvproperty
 from caproto.server.autosave import AutosaveHelper, RotatingFileManager, autosaved
 
 from tomocorioc.ioc.controller import Controller, PutError, Watchdog
+from tomocorioc.ioc.convert import one_line
 from tomocorioc.ioc.pvdefs import LONG_STRING, ROW_SEVERITY, Kind, PVDef, Role, pv_table
 
 log = logging.getLogger(__name__)
@@ -235,6 +236,8 @@ class _Base(PVGroup):
         super().__init__(*args, **kwargs)
         for p in self.defs.values():
             self._props[p.name] = getattr(self, _attr(p.name))
+            if p.kind.writable:
+                self._guard_conversion(p, self._props[p.name])
         helper = self.autosave_helper
         if autosave_file is not None:
             autosave_file.parent.mkdir(parents=True, exist_ok=True)
@@ -243,6 +246,34 @@ class _Base(PVGroup):
         helper.period = 3600.0  # we save on change and on exit; the periodic save is only a backstop
 
     # -- puts --------------------------------------------------------------------
+    def _guard_conversion(self, p: PVDef, inst: Any) -> None:
+        """Explain puts that caproto's type conversion refuses before any putter runs.
+
+        caproto converts the wire value to the PV's type first; a long-string PV
+        written as a plain string, or an empty long string (one NUL), failed
+        there with a traceback in the log and nothing on ``Message``.  An empty
+        long string now clears the PV through the validated path; any other
+        conversion failure becomes a one-line PutError naming the PV.
+        """
+        original = inst.write_from_dbr
+
+        async def write_from_dbr(data: Any, data_type: Any, metadata: Any, *, flags: int = 0) -> Any:
+            if p.kind in (Kind.LSI, Kind.LSO) and data_type == ChannelType.CHAR and not any(data):
+                return await inst.write("")   # caput -S PV "": one NUL byte means an empty string
+            try:
+                return await original(data, data_type, metadata, flags=flags)
+            except PutError:
+                raise
+            except (ValueError, TypeError, OverflowError) as exc:
+                if p.kind in (Kind.LSI, Kind.LSO):
+                    why = "a long string PV: write it with caput -S (or PV.$)"
+                else:
+                    why = f"not a valid value for this {p.kind.value} record ({one_line(exc)})"
+                msg = f"{p.name}: {why}"
+                self.controller.message(msg)
+                raise PutError(msg) from None
+        inst.write_from_dbr = write_from_dbr
+
     async def handle_put(self, instance: Any, value: Any) -> Any:
         """The putter of every writable PV: validate + apply (and autosave) off the loop, or fail the put."""
         name = instance.pvname[len(self.prefix):]

@@ -288,6 +288,9 @@ class ClusterDispatcher(DispatcherBase):
         self._flush_pending()
         self._release_series()
         self._handle_kills()
+        gpus = list(self._gpus.values())
+        if gpus and all(g.state is GpuState.BROKEN for g in gpus):
+            self._fail_unrunnable(sorted({g.reason for g in gpus}))
         self._assign()
         self._spent.clear()
         self._check_deadlines()

@@ -178,6 +178,20 @@ class DispatcherBase:
             self._last_error = None
         return answer
 
+    def _fail_unrunnable(self, reasons: List[str]) -> None:
+        """No slot can start a worker: the queued jobs fail with the reason instead of waiting for ever."""
+        why = f"no worker can start: {'; '.join(reasons)}"
+        while not self._pending:
+            nxt = self.queue.next_job()
+            if nxt is None:
+                return
+            try:
+                self.queue.start(*nxt)
+            except OSError as exc:
+                self._report_store(exc)
+                return
+            self._finish(nxt[0], nxt[1], PhaseResult.failure(why))
+
     def _report_store(self, exc: BaseException) -> None:
         text = str(exc) if "state store failing" in str(exc) else f"state store failing: {exc}"
         if text != self._last_error:

@@ -187,21 +187,6 @@ class LocalDispatcher(DispatcherBase):
                   delay)
         self._emit("fatal", {"slot": s.spec.name, "msg": f"broken: {why}"})
 
-    def _fail_unrunnable(self) -> None:
-        """Every slot is broken: the queued jobs fail with the reason instead of waiting for ever."""
-        reasons = sorted({s.broken for s in self._slots})
-        why = f"no worker can start: {'; '.join(reasons)}"
-        while not self._pending:
-            nxt = self.queue.next_job()
-            if nxt is None:
-                return
-            try:
-                self.queue.start(*nxt)
-            except OSError as exc:
-                self._report_store(exc)
-                return
-            self._finish(nxt[0], nxt[1], PhaseResult.failure(why))
-
     # -- the loop ---------------------------------------------------------------
     def _assign(self) -> None:
         tomolog_busy = any(s.job and s.job[1] == "tomolog" for s in self._slots)
@@ -238,7 +223,7 @@ class LocalDispatcher(DispatcherBase):
                 s.retry_at = None
                 self._spawn(s)
         if all(s.is_broken and s.proc is None for s in self._slots):
-            self._fail_unrunnable()
+            self._fail_unrunnable(sorted({s.broken for s in self._slots}))
         self._assign()
         now = time.monotonic()
         wake_at = [s.deadline for s in self._slots if s.deadline is not None]

@@ -104,6 +104,10 @@ class Service:
             data["seq"] = self._event_seq
             self.last_finished = data
             self.finished_events.append(data)
+            if not data.get("success"):   # the last error is what Message shows
+                row = self.queue.get(data.get("row"))
+                name = Path(row.path).name if row else f"row {data.get('row')}"
+                self.notice(f"{name}: {data.get('phase')} failed: {data.get('msg')}")
         elif kind == "started":
             self.last_started = data
         elif kind in ("worker-lost", "fatal"):
@@ -194,7 +198,11 @@ class Service:
         for item in find_undersized([r.path for r in rows], self.settings.skip_threshold):
             rid = self.queue.find(item.file)
             if rid is not None and not self.queue.row(rid).skipped and not self.queue.row(rid).running_phase:
-                self.queue.mark_skipped(rid, item.reason)
+                try:
+                    self.queue.mark_skipped(rid, item.reason)
+                except (QueueError, OSError) as exc:   # the file is queued all the same; say why it was not skipped
+                    self.notice(f"{Path(item.file).name}: not skipped: {exc}")
+                    continue
                 skipped.append(item.file)
                 self.notice(f"skipped {Path(item.file).name}: {item.reason}")
         return skipped
