@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 distributed = pytest.importorskip("distributed")
-from _fixtures import pid_alive  # noqa: E402
+from _fixtures import pid_alive, wait_for  # noqa: E402
 from distributed import Client, LocalCluster  # noqa: E402
 
 from tomocorioc.core.jobs import PhaseState as S  # noqa: E402
@@ -98,14 +98,6 @@ class Run:
     def state(self, i, phase="try"):
         return self.q.row(self.ids[i]).state[phase]
 
-
-def wait_for(pred, timeout=30.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def worker_of(cl, row_id):

@@ -5,10 +5,9 @@ status, series release) are in ``test_dispatcher_contract.py``; here: jobs sprea
 persistent workers, a single slot restarted after a crash (with the exit code), a timeout killing
 only its own slot's process tree, and the ``--gpus`` slot list.
 """
-import time
 
 import pytest
-from _fixtures import pid_alive
+from _fixtures import pid_alive, wait_for
 
 from tomocorioc.core.jobs import PhaseState as S
 from tomocorioc.core.queue import JobQueue
@@ -32,21 +31,13 @@ def make(jobs, nslots=2, timeouts=None, retries=0, events=None):
     return q, ids, d
 
 
-def wait_for(pred, timeout=60):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
-
 
 def test_jobs_run_on_all_slots_and_workers_persist(tmp_path):
     events = []
     q, ids, d = make({f"/d/a_{i}.h5": {"action": "sleep", "seconds": 0.05} for i in range(8)}, events=events)
     d.start()
     try:
-        assert wait_for(lambda: all(q.row(i).state["try"] is S.DONE for i in ids))
+        assert wait_for(lambda: all(q.row(i).state["try"] is S.DONE for i in ids), 60)
     finally:
         d.stop()
     done = [e for k, e in events if k == "finished"]
@@ -61,7 +52,7 @@ def test_killed_worker_is_restarted_and_job_failed_others_continue():
                       "/d/c_3.h5": {"action": "ok"}}, nslots=1, retries=2)
     d.start()
     try:
-        assert wait_for(lambda: q.idle() and q.row(ids[2]).state["try"] is S.DONE)
+        assert wait_for(lambda: q.idle() and q.row(ids[2]).state["try"] is S.DONE, 60)
         r = q.row(ids[0])
         assert r.state["try"] is S.FAILED and r.error == "try: worker died (exit code 3)"
         assert r.attempts == 3  # first run + 2 retries, each on a restarted worker of the one slot

@@ -14,10 +14,9 @@ import contextlib
 import logging
 import os
 import re
-import time
 
 import pytest
-from _fixtures import pid_alive
+from _fixtures import pid_alive, wait_for
 
 from tomocorioc.core.jobs import PhaseState as S
 from tomocorioc.core.queue import JobQueue
@@ -60,14 +59,6 @@ def dask_cluster():
     with dask.config.set({"distributed.deploy.lost-worker-timeout": "1h"}), _local_cluster(NSLOTS) as cl:
         yield cl
 
-
-def wait_for(pred, timeout=30.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 class Harness:

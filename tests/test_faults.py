@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _fixtures import wait_for
 from _ioc import IOC  # noqa: I001 - before pyepics: sets the CA address list
 
 from tomocorioc.core.result import Job
@@ -23,14 +24,6 @@ SMALL = dict(ncols=96, nrows=6, nproj=91, noise=20000, phantom="beads")
 TRIVIAL = "tomocorioc.testing.trivial_runner:make_runner"
 BAD_NAME = b"\xff\xfe_0001.h5"
 
-
-def wait_until(pred, timeout: float, period: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(period)
-    return pred()
 
 
 def need_root_mount(tmp: Path) -> Path:
@@ -108,10 +101,10 @@ def test_a_finished_phase_waits_for_the_store_and_is_not_lost(tmp_path):
         ids = svc.enqueue(["/d/b_0001.h5", "/d/b_0002.h5"], {"try": True, "infer": False, "full": False,
                                                               "tomolog": False})
         svc.start()
-        assert wait_until(lambda: svc.store_problem is not None, 20), "the refused result was not reported"
+        assert wait_for(lambda: svc.store_problem is not None, 20), "the refused result was not reported"
         assert svc.queue.row(ids[0]).running_phase == "try"          # not lost, not done: held by the dispatcher
         assert svc.queue.row(ids[1]).state["try"].value == "queued"   # nothing new started meanwhile
-        assert wait_until(lambda: any("state store failing" in m for m in svc.messages), 5)
+        assert wait_for(lambda: any("state store failing" in m for m in svc.messages), 5)
         assert svc.dispatcher.heartbeat > 0
         flaky.refuse = None
         assert svc.wait_idle(30)
@@ -132,7 +125,7 @@ def test_a_slot_whose_runner_cannot_start_is_broken_and_its_jobs_fail_with_the_r
     ids = q.add(["/d/x_0001.h5", "/d/x_0002.h5"], {"try": True, "infer": False, "full": False})
     d.start()
     try:
-        assert wait_until(q.idle, 60), [s for s in d.slot_status()]
+        assert wait_for(q.idle, 60), [s for s in d.slot_status()]
         rows = [q.row(i) for i in ids]
         assert all(r.status == "failed" for r in rows)
         assert all("no worker can start" in r.error and "no tomocupy here" in r.error for r in rows)
@@ -296,7 +289,7 @@ def test_serve_on_a_loopback_only_host_binds_loopback_without_a_traceback(tmp_pa
         p = subprocess.Popen(["unshare", "-n", "sh", "-c", cmd], stdout=out, stderr=subprocess.STDOUT, env=env,
                              start_new_session=True)
         try:
-            ok = wait_until(lambda: "serving on" in log.read_text(errors="replace"), 60, 0.2)
+            ok = wait_for(lambda: "serving on" in log.read_text(errors="replace"), 60, 0.2)
             time.sleep(1.0)
             alive = p.poll() is None
         finally:
