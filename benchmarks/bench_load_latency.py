@@ -33,8 +33,8 @@ that other load on the machine hits them alike:
 * ``jobs``    -- both slots running jobs, no extra clients (attribution; default run only);
 * ``clients`` -- the 8 extra clients, no jobs (attribution; default run only).
 
-Extra clients (fresh processes for each phase that has them; started, connected and ready before the
-window opens):
+Extra clients (fresh processes for each phase that has them, in one process group; they connect while
+no job runs, then the jobs start, so the queue cannot drain before the window opens):
 
 * reader (x4): pyepics, every Role.STATUS PV of the PV table (142) as a persistent channel; a sweep
   issues a get on each channel at once and waits for all (``caget_many`` without its reconnect),
@@ -54,7 +54,14 @@ Measured per phase:
   and the largest gap between ``Slot<N>:Elapsed`` updates (published every 0.5 s while a job runs:
   the status task kept publishing to every client) and the lowest ``Watchdog`` value seen;
 * context: CPU of the IOC process, of its workers and of the clients (psutil, % of one core), the
-  share of the window with both slots running (probe's NumRunning), rows finished, reads/s.
+  host's busy CPU and the part of it used by other processes (the machine may be shared), the share
+  of the window with both slots running (probe's NumRunning, from its value when the window opened),
+  rows finished, reads/s.  A jobs window in which the workers used no CPU and no row finished is
+  reported, with each process's state and ``py-spy dump``, and the temp dir is kept.
+
+Diagnostics: ``--nice-workers N`` / ``--nice-clients N`` renice the workers / the 8 load clients (every
+thread) before each window: does the IOC meet the goal when it has CPU priority?  (With the kernel's
+autogroup scheduling, nice only ranks processes of one session: other sessions still get their share.)
 
 Where the IOC's time goes: for every window, each IOC thread's CPU time and run-queue wait (time
 runnable but waiting for a CPU) from /proc/PID/task/TID/schedstat, named through one ``py-spy dump``
@@ -64,9 +71,10 @@ during the last round's windows; the report lists per thread the share of the wi
 and what it ran (the asyncio task/callback or the executor job, and the innermost tomocorioc frame).
 
     python benchmarks/bench_load_latency.py [--quick] [--rounds N] [--phase-seconds S] [--phases idle,loaded,...]
-           [--put-period S] [--read-pause S] [--search-width PX] [--py-spy] [--json out.json] [--keep]
+           [--put-period S] [--read-pause S] [--search-width PX] [--py-spy] [--nice-workers N]
+           [--nice-clients N] [--json out.json] [--keep]
 
-Default about 5-6 min on 2 cores (3 rounds x 4 phases x 15 s), ``--quick`` under 2 min (2 rounds x idle,
+Default about 5-6 min on 2 cores (3 rounds x 4 phases x 15 s), ``--quick`` about 1.5 min (2 rounds x idle,
 loaded x 10 s).  Nothing asserts on time; the exit status is non-zero only when the harness fails.
 Each child is this script run again: ``--_client`` (the writer, from ``_ioclat_clients``),
 ``--_monitor``, ``--_reader``.
@@ -303,6 +311,15 @@ def renice(pids: Sequence[int], nice: int) -> None:
             pass
 
 
+def host_cpu() -> Tuple[float, float]:
+    """Busy CPU seconds of the whole host (all cores: everything but idle and iowait) and steal seconds."""
+    import psutil
+    t = psutil.cpu_times()
+    busy = sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "steal", 0.0) \
+        - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)     # guest time is already in user
+    return busy, getattr(t, "steal", 0.0)
+
+
 def descendants(pid: int) -> List[int]:
     import psutil
     try:
@@ -413,6 +430,8 @@ class Bench:
         self.row_seconds = 5.0
         self.status_names: List[str] = []
         self.thread_name: Dict[int, str] = {}
+        self.keep_tmp = False          # set when a stall was recorded: its evidence stays
+        self.probe_last: Dict[str, float] = {}   # latest value of each probe PV
 
     # -- children ---------------------------------------------------------------------------
     def child(self, argv: List[str], label: str, group: Optional[int] = None) -> Child:
@@ -523,10 +542,39 @@ class Bench:
         return r
 
     def probe_dump(self, tag: str) -> List[List[Any]]:
+        """The probe's records since its last dump; also keeps the latest value of each probe PV."""
         assert self.probe is not None
         f = self.tmp / f"probe-{tag}.json"
         self.probe.call({"op": "dump", "path": str(f)}, timeout=30)
-        return json.loads(f.read_text())
+        recs = json.loads(f.read_text())
+        for i, _arr, _ts, num in recs:
+            if 0 <= i < len(PROBE_PVS) and num is not None:
+                self.probe_last[PROBE_PVS[i]] = num
+        return recs
+
+    def stall_dump(self, tag: str, pids: Sequence[int]) -> str:
+        """Jobs 'running' but the workers idle for a whole window: keep each process's state and stack."""
+        f = self.tmp / f"stall-{tag}.txt"
+        parts = []
+        for pid in pids:
+            try:
+                st = Path(f"/proc/{pid}/stat").read_text().split()[2]
+                wchan = Path(f"/proc/{pid}/wchan").read_text()
+            except OSError:
+                st, wchan = "?", "?"
+            dump = ""
+            if shutil.which("py-spy"):
+                try:
+                    dump = subprocess.run(["py-spy", "dump", "--nonblocking", "-p", str(pid)], capture_output=True,
+                                          text=True, timeout=60).stdout
+                except (OSError, subprocess.TimeoutExpired) as exc:
+                    dump = str(exc)
+            parts.append(f"== pid {pid} state {st} wchan {wchan}\n{dump}")
+        f.write_text("\n".join(parts))
+        self.keep_tmp = True
+        print(f"  WARNING: {tag}: jobs should run but the workers used no CPU in the window; states and stacks "
+              f"in {f}", flush=True)
+        return str(f)
 
     def collect(self, tag: str, monitors: List[Child], last: float, late: float
                 ) -> Tuple[List[List[Any]], List[List[List[Any]]]]:
@@ -576,26 +624,35 @@ class Bench:
         a = self.a
         S = a.phase_seconds
         tag = f"{kind}-r{rnd}"
-        if JOBS[kind]:
-            self.resume_jobs(S)
-        else:
-            self.pause_jobs()
+        t_setup = time.monotonic()
         readers: List[Child] = []
         monitors: List[Child] = []
         pgid = None
         if CLIENTS[kind]:
+            # The clients connect with no job running (8 processes x 143 channels take many seconds on a
+            # busy machine); the jobs start only then, so that the queue cannot drain before the window.
+            self.pause_jobs()
             readers, monitors, pgid = self.start_load_clients(tag)
+        if JOBS[kind]:
+            self.resume_jobs(S)
+        elif not CLIENTS[kind]:
+            self.pause_jobs()
         for c in readers:
             c.send({"op": "go", "seconds": S + 30})
         time.sleep(a.settle)
         self.probe_dump(f"pre-{tag}")                     # drop what came before the window
+        running0 = self.probe_last.get("NumRunning")
+        done0 = self.probe_last.get("NumDone", 0.0)
+        if JOBS[kind] and (running0 or 0) < 2:
+            print(f"  WARNING: {tag}: NumRunning = {running0} when the window opens", flush=True)
         assert self.ioc.proc is not None
         ioc_pid = self.ioc.proc.pid
         workers = descendants(ioc_pid)
         client_pids = [c.proc.pid for c in readers + monitors]
         renice(workers, a.nice_workers)                   # diagnostics (default 0: nothing changes)
         renice(client_pids, a.nice_clients)
-        cpu0 = (proc_cpu([ioc_pid]), proc_cpu(workers), proc_cpu(client_pids))
+        mine = [self.writer.proc.pid, self.probe.proc.pid, os.getpid()] if self.writer and self.probe else []
+        cpu0 = (proc_cpu([ioc_pid]), proc_cpu(workers), proc_cpu(client_pids), proc_cpu(mine), host_cpu())
         sched0 = thread_sched(ioc_pid)
         spy_proc = None
         spy_file = self.tmp / f"pyspy-{tag}.txt"
@@ -607,7 +664,7 @@ class Bench:
         t0, m0 = time.time(), time.monotonic()
         w = self.writer_block(max(5, int(S / a.put_period)), a.put_period)
         t1, m1 = time.time(), time.monotonic()
-        cpu1 = (proc_cpu([ioc_pid]), proc_cpu(workers), proc_cpu(client_pids))
+        cpu1 = (proc_cpu([ioc_pid]), proc_cpu(workers), proc_cpu(client_pids), proc_cpu(mine), host_cpu())
         sched1 = thread_sched(ioc_pid)
         rstats: List[Dict[str, Any]] = []
         for c in readers:
@@ -631,7 +688,8 @@ class Bench:
                 self.procs.kill_group(spy_proc.pid, signal.SIGKILL)
                 spy_proc.wait(5)
             spy_out = pyspy_summary(spy_file, S, SPY_RATE)
-        res = self.analyse(kind, w, probe, mon_recs, rstats, t0, t1)
+        res = self.analyse(kind, w, probe, mon_recs, rstats, t0, t1, running0 or 0.0, done0)
+        res["setup_s"] = m0 - t_setup
         dt = m1 - m0
         threads: Dict[str, Tuple[float, float]] = {}
         for tid, (c1, q1) in sched1.items():
@@ -641,16 +699,23 @@ class Bench:
         res["threads"] = threads
         res.update({"kind": kind, "round": rnd, "seconds": dt,
                     "cpu_ioc": (cpu1[0] - cpu0[0]) / dt, "cpu_workers": (cpu1[1] - cpu0[1]) / dt,
-                    "cpu_clients": (cpu1[2] - cpu0[2]) / dt, "pyspy": spy_out, "pyspy_file": str(spy_file)})
-        print(f"  round {rnd + 1} {kind:8s}: {len(w['ack'])} puts, ack p50 {ms(pct(w['ack'], 50))} "
+                    "cpu_clients": (cpu1[2] - cpu0[2]) / dt, "pyspy": spy_out, "pyspy_file": str(spy_file),
+                    "cpu_host": (cpu1[4][0] - cpu0[4][0]) / dt, "cpu_steal": (cpu1[4][1] - cpu0[4][1]) / dt})
+        res["cpu_other"] = res["cpu_host"] - sum((c1 - c0) / dt for c0, c1 in zip(cpu0[:4], cpu1[:4]))
+        if JOBS[kind] and res["cpu_workers"] < 0.05 and not res["rows_done"]:
+            res["stall"] = self.stall_dump(tag, [ioc_pid] + workers)
+        print(f"  round {rnd + 1} {kind:8s} (set-up {res['setup_s']:.0f} s): {len(w['ack'])} puts, "
+              f"ack p50 {ms(pct(w['ack'], 50))} "
               f"p99 {ms(pct(w['ack'], 99))} max {ms(max(w['ack']))} ms; settings monitor p99 "
               f"{ms(pct(res['set_delay'], 99))} ms; both slots busy {res['both_busy']:.0%}; "
-              f"CPU ioc {res['cpu_ioc']:.0%} workers {res['cpu_workers']:.0%} clients {res['cpu_clients']:.0%}",
+              f"CPU ioc {res['cpu_ioc']:.0%} workers {res['cpu_workers']:.0%} clients {res['cpu_clients']:.0%}; "
+              f"rows done {res['rows_done']:.0f}",
               flush=True)
         return res
 
     def analyse(self, kind: str, w: Dict[str, Any], probe: List[List[Any]], mons: List[List[List[Any]]],
-                rstats: List[Dict[str, Any]], t0: float, t1: float) -> Dict[str, Any]:
+                rstats: List[Dict[str, Any]], t0: float, t1: float, running0: float, done0: float
+                ) -> Dict[str, Any]:
         """Figures of one window from the writer's reply and the monitors' records."""
         sent = {round(v, 4): wall for v, wall in zip(w["values"], w["wall"])}
         # settings PV: per client kind, delay of every (value, client) pair, and how many arrived
@@ -677,14 +742,14 @@ class Bench:
         # context from the probe: share of the window with NumRunning >= 2, rows finished, lowest watchdog
         i_run, i_done, i_wd = (PROBE_PVS.index(n) for n in ("NumRunning", "NumDone", "Watchdog"))
         running = [(arr, num) for i, arr, _ts, num in probe if i == i_run and num is not None]
-        both = self._share_ge(running, 2, t0, t1, JOBS[kind])
+        both = self._share_ge(running, 2, t0, t1, running0)
         done_vals = [num for i, _arr, _ts, num in probe if i == i_done and num is not None]
         wd = [num for i, _arr, _ts, num in probe if i == i_wd and num is not None]
         out: Dict[str, Any] = {
             "puts": len(w["ack"]), "put_fails": w["fails"], "ack": w["ack"],
             "set_delay": set_delay["probe"] + set_delay["monitors"], "set_delay_probe": set_delay["probe"],
             "set_delay_monitors": set_delay["monitors"], "set_delivered": delivered, "set_expected": expected,
-            "both_busy": both, "rows_done": (max(done_vals) - min(done_vals)) if len(done_vals) > 1 else 0,
+            "both_busy": both, "rows_done": max(done_vals) - done0 if done_vals else 0,
             "watchdog_min_probe": min(wd) if wd else None,
         }
         # status PVs at the 4 monitors: delay from the CA timestamp, completeness, Elapsed gaps
@@ -726,15 +791,10 @@ class Bench:
         return out
 
     @staticmethod
-    def _share_ge(timeline: List[Tuple[float, float]], level: int, t0: float, t1: float, jobs: bool) -> float:
-        """Share of [t0, t1] during which the last value seen (by arrival) was >= ``level``."""
-        if not jobs:
-            return 0.0
-        if not timeline:        # no change in the window: the value at its start held throughout
-            return 1.0
-        # the value before the first change in the window is unknown from the window's records alone;
-        # the phase only opens once NumRunning >= 2, so take that as the starting value
-        cur, t, busy = 2.0, t0, 0.0
+    def _share_ge(timeline: List[Tuple[float, float]], level: int, t0: float, t1: float, start: float) -> float:
+        """Share of [t0, t1] during which the last value seen (by arrival) was >= ``level``; ``start`` is the
+        value when the window opened."""
+        cur, t, busy = start, t0, 0.0
         for arr, num in sorted(timeline):
             arr = min(max(arr, t0), t1)
             if cur >= level:
@@ -859,11 +919,12 @@ class Bench:
                                       "status_within_100ms": sum(1 for x in d if x <= GOAL_MONITOR) / max(1, len(d)),
                                       "elapsed_gap_max_s": max(gaps) if gaps else None})
         print()
-        print("## Context (per window, mean over rounds; CPU in % of one core)")
+        print(f"## Context (per window, mean over rounds; CPU in % of one core, {os.cpu_count()} cores; other = host "
+              "busy - this benchmark's processes: the machine may be shared)")
         print()
         print("| phase | both slots running | rows finished / window | IOC CPU | workers CPU | clients CPU "
-              "| reads/s (4 readers) | reader sweep p50 / p99 ms |")
-        print("|---|---|---|---|---|---|---|---|")
+              "| host busy (other processes) | reads/s (4 readers) | reader sweep p50 / p99 ms |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for kind in a.phases:
             ws = by[kind]
 
@@ -874,8 +935,9 @@ class Bench:
             sw = "–" if not CLIENTS[kind] else f"{ms(mean('sweep_p50'))} / {ms(mean('sweep_p99'))}"
             busy = f"{mean('both_busy'):.0%}" if JOBS[kind] else "–"
             print(f"| {kind} | {busy} | {mean('rows_done'):.1f} | {mean('cpu_ioc'):.0%} | {mean('cpu_workers'):.0%} "
-                  f"| {mean('cpu_clients'):.0%} | {rd} | {sw} |")
-            summary[kind].update({"both_busy": mean("both_busy"), "cpu_ioc": mean("cpu_ioc"),
+                  f"| {mean('cpu_clients'):.0%} | {mean('cpu_host'):.0%} ({mean('cpu_other'):.0%}) | {rd} | {sw} |")
+            summary[kind].update({"cpu_host": mean("cpu_host"), "cpu_other": mean("cpu_other"),
+                                  "both_busy": mean("both_busy"), "cpu_ioc": mean("cpu_ioc"),
                                   "cpu_workers": mean("cpu_workers"), "cpu_clients": mean("cpu_clients")})
         print()
         print("## IOC threads (schedstat; % of the window: on a CPU / runnable but waiting for a CPU)")
@@ -943,8 +1005,10 @@ class Bench:
                     pass
         self.procs.stop_all()
         stop_process(self.repeater)
-        if not self.a.keep:
+        if not (self.a.keep or self.keep_tmp):
             shutil.rmtree(self.tmp, ignore_errors=True)
+        elif self.keep_tmp and not self.a.keep:
+            print(f"kept {self.tmp} (a stall was recorded there)")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
