@@ -736,7 +736,7 @@ def _restore(svc: Service, group: Any, autosave: Path) -> None:
     try:
         asyncio.run(restore())
     finally:
-        group.executor.shutdown(wait=True)
+        group.close(wait=True)
         svc.stop()
 
 
@@ -762,7 +762,7 @@ def test_autosave_round_trip_restores_every_setting_and_nothing_else(tmp_path: P
     try:
         asyncio.run(first())
     finally:
-        group.executor.shutdown(wait=True)
+        group.close(wait=True)
     assert all(wanted[p.name] != p.default for p in SETTINGS)            # every setting moved
     saved = json.loads(autosave.read_text())
     for p in TABLE:
@@ -778,7 +778,7 @@ def test_autosave_round_trip_restores_every_setting_and_nothing_else(tmp_path: P
     try:
         asyncio.run(restart())
     finally:
-        group2.executor.shutdown(wait=True)
+        group2.close(wait=True)
         svc2.stop()
         svc.stop()
     assert ctl2.setting_values() == wanted

@@ -228,6 +228,8 @@ class _Base(PVGroup):
                  **kwargs: Any) -> None:
         self.controller = controller
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ioc-put")
+        # Status snapshots and the PVA table rebuild run on their own thread: a put never waits behind them.
+        self.status_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ioc-status")
         self.defs = {p.name: p for p in pv_table()}
         self._props: Dict[str, Any] = {}
         self._last: Dict[str, Any] = {}
@@ -317,6 +319,11 @@ class _Base(PVGroup):
             return
         self._autosave_error = ""
 
+    def close(self, wait: bool = False) -> None:
+        """Stop the put and status threads (after the server stopped)."""
+        self.executor.shutdown(wait=wait)
+        self.status_executor.shutdown(wait=wait)
+
     async def save_now(self) -> None:
         """Write the autosave file (on exit)."""
         await asyncio.get_running_loop().run_in_executor(self.executor, self.write_autosave)
@@ -343,7 +350,7 @@ class _Base(PVGroup):
     async def refresh(self) -> None:
         """Copy the controller's snapshot into the PVs that changed."""
         loop = asyncio.get_running_loop()
-        snap = await loop.run_in_executor(self.executor, self.controller.snapshot)
+        snap = await loop.run_in_executor(self.status_executor, self.controller.snapshot)
         await self._publish(snap)
 
     async def status_loop_with(self, pva: Optional[Any] = None) -> None:
@@ -387,7 +394,7 @@ class _Base(PVGroup):
     async def _update(self, pva: Optional[Any]) -> None:
         await self.refresh()
         if pva is not None:
-            await asyncio.get_running_loop().run_in_executor(self.executor, pva.poll, self.controller.service)
+            await asyncio.get_running_loop().run_in_executor(self.status_executor, pva.poll, self.controller.service)
 
     async def publish_settings(self) -> None:
         """Make the setting PVs show the service's settings (before autosave restores over them)."""
