@@ -48,3 +48,18 @@ def load_average() -> str:
         return "load average %.2f %.2f %.2f" % os.getloadavg()
     except OSError:
         return "load average unavailable"
+
+def pct(xs: Sequence[float], q: float) -> float:
+    """Percentile with linear interpolation (q in 0..100); nan when empty."""
+    if not xs:
+        return float("nan")
+    s = sorted(xs)
+    k = (len(s) - 1) * q / 100.0
+    lo = int(k)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def ratio(a: float, b: float) -> str:
+    """``a / b`` as '1.5×'; '–' when either is nan or ``b`` is not positive."""
+    return "–" if (a != a or b != b or b <= 0) else f"{a / b:.1f}×"

@@ -81,6 +81,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from _common import pct, ratio
+
 # Helper modules next to this file (the script's folder is on sys.path when run as a script).
 from _ioclat_clients import CaClients, Child, client_main, client_port, fill_send_queues, parse_camonitor, wait_values
 from _ioclat_servers import (
@@ -107,25 +109,12 @@ N_FAN = 20
 # ======================================================================================
 # parent: statistics and reporting
 # ======================================================================================
-def pct(xs: Sequence[float], q: float) -> float:
-    """Percentile with linear interpolation (q in 0..100); nan when empty."""
-    if not xs:
-        return float("nan")
-    s = sorted(xs)
-    k = (len(s) - 1) * q / 100.0
-    lo = int(k)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
-
 
 def ms(x: float) -> str:
     """Seconds as milliseconds for the tables; '–' for nan."""
     return "–" if x != x else (f"{x * 1e3:.3f}" if x < 0.01 else f"{x * 1e3:.2f}")
 
 
-def ratio(a: float, b: float) -> str:
-    """``a / b`` as '1.5×'; '–' when either is nan or ``b`` is not positive."""
-    return "–" if (a != a or b != b or b <= 0) else f"{a / b:.1f}×"
 
 
 def vs_ref(xs: Sequence[float], ref: Optional[Sequence[float]]) -> Tuple[float, float, str, str]:

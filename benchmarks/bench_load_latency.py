@@ -98,7 +98,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 # Helper modules next to this file (the script's folder is on sys.path when run as a script).
-from _common import load_average, machine_description
+from _common import load_average, machine_description, pct, ratio
 from _ioclat_clients import REPLY, Child, client_main
 from _ioclat_servers import MARK, HarnessError, Procs, Server, find_apprun, log_errors, tracebacks
 
@@ -223,24 +223,12 @@ def reader_main(names_file: str, pause: float) -> int:
 # ======================================================================================
 # parent: helpers
 # ======================================================================================
-def pct(xs: Sequence[float], q: float) -> float:
-    """Percentile with linear interpolation (q in 0..100); nan when empty."""
-    if not xs:
-        return float("nan")
-    s = sorted(xs)
-    k = (len(s) - 1) * q / 100.0
-    lo = int(k)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
-
 
 def ms(x: float) -> str:
     """Seconds as milliseconds for the tables; '–' for nan."""
     return "–" if x != x else (f"{x * 1e3:.2f}" if x < 0.1 else f"{x * 1e3:.0f}")
 
 
-def ratio(a: float, b: float) -> str:
-    return "–" if (a != a or b != b or b <= 0) else f"{a / b:.1f}×"
 
 
 def share(xs: Sequence[float], limit: float) -> str:
