@@ -349,7 +349,7 @@ class Controller:
             "NumSlots": len(slots), "Message": svc.messages[-1] if svc.messages else "",
             "TriggerStatus": self.trigger.status if self.trigger is not None else "off",
         }
-        cs = svc.dispatcher.cluster_status()
+        cs = svc.cluster_status()
         v["ClusterStatus"], v["NumWorkers"], v["NumGpus"] = cs.text, cs.workers, cs.gpus
         if svc.store_problem:
             v["ReconStatus"] = svc.store_problem
@@ -372,9 +372,10 @@ class Controller:
         last = q.get(q.last_cor_row)
         if last is not None and last.cor is not None:
             v["LastFile"], v["LastCor"] = last.path, float(last.cor)
+        by_slot = {s.name: r for s, r in running}
         for i in range(MAX_SLOTS):
             s = slots[i] if i < len(slots) else None
-            r = dict(running).get(s) if s and s.row is not None else None
+            r = by_slot.get(s.name) if s else None
             v[f"Slot{i + 1}:Name"] = s.name if s else ""
             v[f"Slot{i + 1}:File"] = r.path if r else ""
             v[f"Slot{i + 1}:Phase"] = (s.phase if r else _SLOT_WORDS[s.state]) if s else ""

@@ -101,7 +101,7 @@ def _record_estimate(path: Path, estimate: Optional[float]) -> None:
 
 def _full_disk(exc: OSError, scan: Path) -> Optional[Path]:
     """The output folder when ``exc`` was a full disk (ENOSPC, or a short write where no space is left)."""
-    out = layout.try_dir(scan).parent.parent   # <dir>_rec
+    out = layout.rec_root(scan)
     where = out if out.exists() else scan.parent
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return Path(exc.filename).parent if exc.filename else where
