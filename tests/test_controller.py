@@ -8,8 +8,10 @@ no processes, no sockets.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -26,10 +28,13 @@ from tomocorioc.core.spec import get_path, spec_at
 from tomocorioc.ioc.ca_server import build_group
 from tomocorioc.ioc.controller import Controller
 from tomocorioc.ioc.convert import Number, NumberText, PutError, Text
-from tomocorioc.ioc.pvdefs import PAGE_ROWS, PVDef, Role, by_name, pv_table
+from tomocorioc.ioc.pvdefs import PAGE_ROWS, ROW_STATUSES, PVDef, Role, by_name, pv_table
 from tomocorioc.service.local import slots_for
+from tomocorioc.service.preflight import preflight
 from tomocorioc.service.service import Service
 from tomocorioc.testing.fakes import FakeDispatcher, FakeTrigger, make_service
+
+from _fixtures import fixture_dir
 
 TABLE = pv_table()
 DEFS = by_name()
@@ -51,7 +56,7 @@ GOOD_TEXT = {"TomoScanPrefix": PREFIX, "TriggerPhases": "try,infer", "Gpus": "0,
              "TomoLogBeamline": "2-bm", "TomoLogMin": "-0.25", "TomoLogMax": "12.5"}
 # A value each text setting refuses beyond the generic ones (multi-line, not a string), and why.
 BAD_TEXT = {"TomoScanPrefix": ("2bma TomoScan", "not a PV prefix"), "TriggerPhases": ("try,bogus", "comma list"),
-            "ModelPath": ("/nonexistent/model.pt", "no such file"), "Gpus": ("a,b", "GPU numbers"),
+            "ModelPath": ("/nonexistent/model.pt", "outside the model roots"), "Gpus": ("a,b", "GPU numbers"),
             "TomoLogMin": ("abc", "not a number"), "TomoLogMax": ("nan", "not finite")}
 
 
@@ -64,9 +69,22 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def model(root: Path) -> Path:
+    """A real tomocor checkpoint (small, random weights) under the model root."""
     f = root / "model.pt"
-    f.write_bytes(b"not really a checkpoint")
+    shutil.copyfile(fixture_dir("tomocor-small") / "checkpoint.pt", f)
     return f
+
+
+@functools.lru_cache(maxsize=None)
+def check_model(path: str) -> Optional[str]:
+    """The IOC's real checkpoint check (a worker-side process), once per file: it costs seconds."""
+    return preflight(model=path)
+
+
+def controller(svc: Service, roots: List[Path], **kw: Any) -> Controller:
+    """A controller as ``serve`` builds one, on a host with two GPUs, models under the module's root."""
+    kw.setdefault("model_roots", [roots[0].parent] if roots else [])
+    return Controller(svc, roots, model_check=check_model, gpu_count=lambda: 2, **kw)
 
 
 @pytest.fixture
@@ -84,14 +102,14 @@ def svc():
 
 @pytest.fixture
 def ctl(svc: Service, data: Path) -> Controller:
-    return Controller(svc, [data], slot_factory=slots_for, trigger=FakeTrigger())
+    return controller(svc, [data], slot_factory=slots_for, trigger=FakeTrigger())
 
 
 def scan(folder: Path, name: str, nproj: int = 31) -> str:
-    """A tiny scan file with the /exchange/data dataset auto-skip reads (nproj x 1 x 4)."""
+    """A small scan file: /exchange/data nproj x 1 x 2048 (what auto-skip and the COR range check read)."""
     path = folder / name
     with h5py.File(path, "w") as f:
-        f.create_dataset("exchange/data", data=np.zeros((nproj, 1, 4), np.uint16))
+        f.create_dataset("exchange/data", shape=(nproj, 1, 2048), dtype=np.uint16)   # never written: no bytes
     return str(path)
 
 
@@ -292,6 +310,7 @@ def test_gpus_replaces_the_slots_through_the_slot_factory(ctl: Controller, svc: 
     svc.start()
     assert ctl.put("Gpus", " 0, 1 ") == "0,1"
     assert svc.settings.gpus == "0,1"
+    assert svc.wait_slots(10)                               # the swap runs on its own thread
     new = fake(svc)
     assert new is not old and old.stopped and new.started   # set_slots: a new dispatcher, started as the old was
     assert [s.name for s in new.slots] == ["gpu0", "gpu1"]
@@ -300,11 +319,12 @@ def test_gpus_replaces_the_slots_through_the_slot_factory(ctl: Controller, svc: 
     assert ctl.snapshot()["NumSlots"] == 2 and ctl.snapshot()["Slot2:Name"] == "gpu1"
     assert ctl.put("Gpus", "0,1") == "0,1" and fake(svc) is new   # unchanged: the slots are left alone
     assert ctl.put("Gpus", "") == "" and svc.settings.gpus is None
+    assert svc.wait_slots(10)
     assert fake(svc) is not new                                  # blank: the service's own choice again
 
 
 def test_gpus_is_refused_without_a_slot_factory(svc: Service, data: Path):
-    ctl = Controller(svc, [data])
+    ctl = controller(svc, [data])
     refused(ctl, "Gpus", "0", "cannot change its worker slots")
 
 
@@ -320,7 +340,7 @@ def test_a_refused_gpus_list_leaves_the_slots_alone(ctl: Controller, svc: Servic
 
 def test_auto_trigger_needs_a_prefix_and_a_trigger(ctl: Controller, svc: Service, data: Path):
     refused(ctl, "AutoTrigger", "On", "set TomoScanPrefix first")
-    bare = Controller(svc, [data])
+    bare = controller(svc, [data])
     bare.put("TomoScanPrefix", PREFIX)
     refused(bare, "AutoTrigger", 1, "started without the trigger")
     assert bare.put("AutoTrigger", "Off") == 0                # Off is always fine
@@ -343,7 +363,7 @@ def test_trigger_timeout_reaches_the_trigger(ctl: Controller, svc: Service, data
     assert ctl.put("TriggerTimeout", 42.5) == 42.5
     assert svc.settings.trigger_timeout == 42.5 and ctl.trigger.complete_timeout == 42.5
     refused(ctl, "TriggerTimeout", 0.5, "out of range")
-    assert Controller(svc, [data]).put("TriggerTimeout", 60) == 60.0     # without a trigger: the setting only
+    assert controller(svc, [data]).put("TriggerTimeout", 60) == 60.0     # without a trigger: the setting only
 
 
 def test_phase_timeouts_reach_the_dispatcher(ctl: Controller, svc: Service):
@@ -583,7 +603,7 @@ def test_enqueue_of_a_directory_never_queues_a_file_outside_the_roots(ctl: Contr
 
 
 def test_enqueue_without_data_roots_is_refused(svc: Service, tree: Dict[str, Path]):
-    refused(Controller(svc, []), "Enqueue", f"{tree['data']}/s_0001.h5", "no data root configured")
+    refused(controller(svc, []), "Enqueue", f"{tree['data']}/s_0001.h5", "no data root configured")
 
 
 def test_enqueue_again_adds_nothing_and_uses_the_phase_settings(ctl: Controller, svc: Service, tree: Dict[str, Path]):
@@ -653,7 +673,7 @@ def test_selected_cor_and_enable(ctl: Controller, svc: Service, data: Path):
     for bad, why in ((float("nan"), "not finite"), (2e6, "out of range"), ("abc", "not a number")):
         refused(ctl, "Selected:Cor", bad, why)
     assert ctl.put("Selected:Enable", "Disable") == 0 and not svc.queue.row(ids[1]).enabled
-    assert ctl.snapshot()["Selected:Status"] == 8                     # 'disabled'
+    assert ctl.snapshot()["Selected:Status"] == ROW_STATUSES.index("disabled")
     assert ctl.put("Selected:Enable", 1) == 1 and svc.queue.row(ids[1]).enabled
     refused(ctl, "Selected:Enable", 2, "out of range")
 
@@ -670,7 +690,7 @@ def test_row_cor_and_enable_act_on_the_row_at_the_page_offset(ctl: Controller, s
     changed = {r.id: (r.cor, r.cor_source, r.enabled) for r in svc.queue.rows() if r.cor is not None or not r.enabled}
     assert changed == {target: (12.5, "manual", False)}
     snap = ctl.snapshot()
-    assert snap[f"{pre}:Cor"] == 12.5 and snap[f"{pre}:Enable"] == 0 and snap[f"{pre}:Status"] == 8
+    assert snap[f"{pre}:Cor"] == 12.5 and snap[f"{pre}:Enable"] == 0 and snap[f"{pre}:Status"] == ROW_STATUSES.index("disabled")
     assert ctl.put(f"{pre}:Enable", "Enable") == 1 and svc.queue.row(target).enabled
     refused(ctl, f"{pre}:Cor", 2e6, "out of range")
 
@@ -699,7 +719,7 @@ def shared_ctl(root: Path):
     """One controller for the many read-only cases (each asserts its refused put changed nothing)."""
     svc = make_service()
     empty = Path(tempfile.mkdtemp(prefix="shared", dir=root))
-    yield Controller(svc, [empty], slot_factory=slots_for, trigger=FakeTrigger())
+    yield controller(svc, [empty], slot_factory=slots_for, trigger=FakeTrigger())
     svc.stop()
 
 
@@ -723,7 +743,7 @@ async def _cancel_the_rest() -> None:
 
 def _ioc(data: Path, autosave: Path) -> Tuple[Service, Controller, Any]:
     svc = make_service()
-    ctl = Controller(svc, [data], slot_factory=slots_for, trigger=FakeTrigger())
+    ctl = controller(svc, [data], slot_factory=slots_for, trigger=FakeTrigger())
     return svc, ctl, build_group("AS:", ctl, autosave)
 
 
@@ -786,6 +806,7 @@ def test_autosave_round_trip_restores_every_setting_and_nothing_else(tmp_path: P
     for p in SETTINGS:
         shown = group2.pvdb[f"AS:{p.name}"].value
         assert shown == (p.enums[wanted[p.name]] if p.kind.is_enum else wanted[p.name]), p.name
+    assert svc2.wait_slots(10)
     assert [s.name for s in fake(svc2).slots] == ["gpu0", "gpu1"]          # Gpus restored through set_slots
     assert ctl2.trigger.links == [PREFIX] and ctl2.trigger.complete_timeout == svc2.settings.trigger_timeout
     assert not svc2.queue.paused and ctl2.selected is None and ctl2.row_offset == 0
@@ -805,7 +826,7 @@ def test_autosave_restore_refuses_a_bad_value_alone(tmp_path: Path, data: Path, 
     assert svc.settings.params.nsino == 0.25 and svc.settings.params.fbp_filter == "ramp"
     assert group.pvdb["AS:MaxCorDelta"].value == 50.0 and group.pvdb["AS:NSino"].value == 0.25
     failed = [r.getMessage() for r in caplog.records if "Autosave restore failed" in r.getMessage()]
-    assert len(failed) == 2 and "MaxCorDelta" in failed[0] and "no such file" in failed[1]
+    assert len(failed) == 2 and "MaxCorDelta" in failed[0] and "outside the model roots" in failed[1]
 
 
 def test_autosave_restore_skips_commands_and_unknown_names(tmp_path: Path, data: Path,

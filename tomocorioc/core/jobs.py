@@ -34,9 +34,12 @@ class PhaseState(str, enum.Enum):
     FAILED = "failed"        #: ran and failed (error on the row)
     CANCELLED = "cancelled"  #: aborted by the operator
     BLOCKED = "blocked"      #: cannot run because an earlier phase failed or was cancelled
+    STALE = "stale"          #: finished, but the row's COR changed since: its outputs are out of date
 
 
 FINISHED_OK = (PhaseState.DONE, PhaseState.UPTODATE)
+# Phases whose outputs are made with the row's COR: a COR change after them makes them stale.
+COR_CONSUMERS = ("full", "tomolog")
 TERMINAL = (PhaseState.DONE, PhaseState.UPTODATE, PhaseState.FAILED, PhaseState.CANCELLED, PhaseState.BLOCKED)
 
 _ALLOWED = {
@@ -45,8 +48,9 @@ _ALLOWED = {
                         PhaseState.FAILED, PhaseState.UPTODATE},
     PhaseState.RUNNING: {PhaseState.DONE, PhaseState.UPTODATE, PhaseState.FAILED, PhaseState.CANCELLED,
                          PhaseState.QUEUED},
-    PhaseState.DONE: {PhaseState.QUEUED, PhaseState.OFF},
-    PhaseState.UPTODATE: {PhaseState.QUEUED, PhaseState.OFF},
+    PhaseState.DONE: {PhaseState.QUEUED, PhaseState.OFF, PhaseState.STALE},
+    PhaseState.UPTODATE: {PhaseState.QUEUED, PhaseState.OFF, PhaseState.STALE},
+    PhaseState.STALE: {PhaseState.QUEUED, PhaseState.OFF},
     PhaseState.FAILED: {PhaseState.QUEUED, PhaseState.OFF},
     PhaseState.CANCELLED: {PhaseState.QUEUED, PhaseState.OFF},
     PhaseState.BLOCKED: {PhaseState.QUEUED, PhaseState.OFF, PhaseState.CANCELLED},
@@ -99,7 +103,7 @@ class Row:
 
     @property
     def status(self) -> str:
-        """One word for screens: disabled/skipped/running/failed/cancelled/queued/done/review/idle."""
+        """One word for screens: disabled/skipped/running/failed/cancelled/queued/stale/done/review/idle."""
         if self.skipped:
             return "skipped"
         if not self.enabled:
@@ -113,6 +117,8 @@ class Row:
             return "cancelled"
         if PhaseState.QUEUED in states or PhaseState.BLOCKED in states:
             return "queued" if PhaseState.QUEUED in states else "failed"
+        if PhaseState.STALE in states:
+            return "stale"
         if any(s in FINISHED_OK for s in states):
             return "review" if self.needs_review else "done"
         return "idle"

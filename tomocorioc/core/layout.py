@@ -111,10 +111,14 @@ def write_cor_file(folder: Path, cors: Sequence[float]) -> Path:
     """Write ``center_of_rotation.txt``: one COR per line, the chosen one last."""
     if not cors:
         raise ValueError("no COR to write")
+    return write_cor_lines(folder, [f"{float(c):.2f}" for c in cors])
+
+
+def write_cor_lines(folder: Path, lines: Sequence[str]) -> Path:
+    """Write ``center_of_rotation.txt`` from its lines (``#`` comments allowed; the last line is the COR)."""
     path = Path(folder) / COR_FILE
-    text = "".join(f"{float(c):.2f}\n" for c in cors)
     tmp = path.with_suffix(".txt.tmp")
-    tmp.write_text(text)
+    tmp.write_text("".join(f"{ln}\n" for ln in lines))
     tmp.replace(path)  # atomic: readers never see a half-written file
     return path
 
@@ -122,7 +126,7 @@ def write_cor_file(folder: Path, cors: Sequence[float]) -> Path:
 def read_cor_file(folder: Path) -> float:
     """Last numeric line of ``center_of_rotation.txt`` (how TomoGUI reads it)."""
     path = Path(folder) / COR_FILE
-    lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     if not lines:
         raise ValueError(f"{path} is empty")
     return float(lines[-1])

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from tomocorioc.core.jobs import (
+    COR_CONSUMERS,
     DEFAULT_PHASES,
     FINISHED_OK,
     PHASES,
@@ -40,7 +41,12 @@ log = logging.getLogger(__name__)
 
 # (changed rows as they will be, COR events, removed row ids, the released series when they changed, else None)
 ChangeHook = Callable[[List[Row], List[dict], List[int], Optional[List[str]]], None]
-_RETRYABLE = (PhaseState.FAILED, PhaseState.CANCELLED, PhaseState.BLOCKED)
+_RETRYABLE = (PhaseState.FAILED, PhaseState.CANCELLED, PhaseState.BLOCKED, PhaseState.STALE)
+_COR_EPS = 0.005     # px: CORs are shown and written with 2 decimals; a smaller change changes no output
+
+
+def _cor_text(cor: Optional[float]) -> str:
+    return "none" if cor is None else f"{cor:.2f}"
 
 
 class QueueError(ValueError):
@@ -328,18 +334,39 @@ class JobQueue:
                         transition(w, p, target, "phases changed")
             self._update(ids, change)
 
-    def set_cor(self, row_id: int, cor: Optional[float], source: str = "manual", reason: str = "") -> None:
-        """Set (or clear, with None) a row's COR; the change is kept in the COR history."""
+    def set_cor(self, row_id: int, cor: Optional[float], source: str = "manual", reason: str = "",
+                rerun: bool = False, needs_review: Optional[bool] = None) -> List[str]:
+        """Set (or clear, with None) a row's COR; the change is kept in the COR history.
+
+        When the COR changes after phases that used it (full, TomoLog) finished,
+        those phases become stale: queued again when ``rerun``, else left
+        ``stale`` for Start.  Returns the phases that became stale.
+        ``needs_review`` overrides the flag (a manual COR clears it by default).
+        """
         with self._lock:
             w = self._work(row_id)
             value = None if cor is None else valid_cor(cor)
             event = {"row_id": w.id, "time": time.time(), "old": w.cor, "new": value, "source": source,
                      "reason": reason, "path": w.path}
+            moved = (w.cor is None) != (value is None) or (value is not None and abs(value - w.cor) >= _COR_EPS)
             w.cor, w.cor_source = value, (source if value is not None else None)
             if source == "manual":
                 w.needs_review, w.confidence = False, None
+            if needs_review is not None:
+                w.needs_review = bool(needs_review)
+            stale = [p for p in COR_CONSUMERS if moved and w.state[p] in FINISHED_OK]
+            for p in stale:
+                transition(w, p, PhaseState.STALE, f"COR {_cor_text(event['old'])} -> {_cor_text(value)} ({source})")
+                if rerun and w.phases.get(p):
+                    transition(w, p, PhaseState.QUEUED, "re-run: the COR changed")
             w.updated = time.time()
             self._commit([w], [event])
+            return stale
+
+    def set_review(self, row_id: int, needs_review: bool) -> None:
+        """Set or clear a row's needs-review flag (an operator's accept, or a rule's doubt)."""
+        with self._lock:
+            self._update([row_id], lambda w: setattr(w, "needs_review", bool(needs_review)))
 
     def mark_skipped(self, row_id: int, reason: str) -> None:
         """Disable a row as skipped (e.g. an aborted acquisition)."""
@@ -349,7 +376,7 @@ class JobQueue:
             self._update([row_id], lambda w: (setattr(w, "enabled", False), setattr(w, "skipped", reason)))
 
     def retry_failed(self, ids: Optional[Iterable[int]] = None) -> int:
-        """Queue failed, cancelled and blocked phases again; returns how many rows."""
+        """Queue failed, cancelled, blocked and stale phases again; returns how many rows."""
         with self._lock:
             pick = [self._get(i) for i in ids] if ids is not None else self._rows
             touched = []

@@ -25,6 +25,12 @@ Fix COR Outliers runs two passes over the *selected* rows of a table:
    is reported.
 
 Unselected rows are never changed.  NaN and infinite CORs count as empty.
+
+A row given with ``"manual": true`` (an operator's COR) is ground truth: it
+counts in the statistics and serves as a neighbour and donor like any
+trusted value, but it is never replaced, even when it lies beyond the
+threshold; such a row is reported in :attr:`OutlierResult.manual_flagged`
+instead.  Tables without the key (TomoGUI's) behave exactly as above.
 """
 from __future__ import annotations
 
@@ -113,6 +119,7 @@ class OutlierResult:
     unfilled_files: List[str] = field(default_factory=list)
     unresolved: List[str] = field(default_factory=list)  # flagged, but no trusted neighbour to take from
     stats: List[SeriesStats] = field(default_factory=list)
+    manual_flagged: List[Tuple[str, str]] = field(default_factory=list)  # (file, why): kept, but beyond the rule
 
 
 @dataclass
@@ -124,6 +131,7 @@ class _Work:
     selected: bool
     raw: Any                      # the COR as given, for reasons
     cor: Optional[float]          # finite COR, or None when empty
+    manual: bool = False          # an operator's COR: never replaced
 
 
 def _order(w: _Work) -> Tuple[bool, int, int]:
@@ -144,8 +152,11 @@ def _parse_row(pos: int, row: Any) -> _Work:
     selected = row.get("selected", True)
     if not isinstance(selected, bool):
         raise ValueError(f"row {pos} ({file}): 'selected' must be true or false, got {selected!r}")
+    manual = row.get("manual", False)
+    if not isinstance(manual, bool):
+        raise ValueError(f"row {pos} ({file}): 'manual' must be true or false, got {manual!r}")
     series, index = series_key(file)
-    return _Work(pos, file, series, index, selected, raw, cor)
+    return _Work(pos, file, series, index, selected, raw, cor, manual and cor is not None)
 
 
 def check_max_delta(max_delta: Any) -> float:
@@ -195,14 +206,21 @@ def _nearest(anchors: List[Tuple[int, _Work]], k: int) -> Tuple[Optional[_Work],
 
 
 def _pass_one(series: str, chosen: List[_Work], max_delta: float,
-              changes: List[CorChange], unresolved: List[str]) -> Optional[SeriesStats]:
+              changes: List[CorChange], unresolved: List[str],
+              manual_flagged: List[Tuple[str, str]]) -> Optional[SeriesStats]:
     """Flag and replace outliers, bridge empty rows; ``chosen`` are the series' selected rows, ordered."""
     numeric = [w.cor for w in chosen if w.cor is not None]
     if len(numeric) < 2:
         return None
     med, mad = median_mad(numeric)
     thr = outlier_threshold(mad, max_delta)
-    flagged = {w.pos for w in chosen if w.cor is not None and abs(w.cor - med) > thr}
+    beyond = [w for w in chosen if w.cor is not None and abs(w.cor - med) > thr]
+    # A manual COR is ground truth: reported, never flagged, so it stays an anchor for its neighbours.
+    for w in beyond:
+        if w.manual:
+            manual_flagged.append((w.file, f"manual COR {w.cor:.2f} is {abs(w.cor - med):.2f} px from the series "
+                                           f"median {med:.2f} (threshold {thr:.2f} px); kept"))
+    flagged = {w.pos for w in beyond if not w.manual}
     # Trusted values as the pass found them; replacements are applied afterwards.
     anchors = [(k, w) for k, w in enumerate(chosen) if w.cor is not None and w.pos not in flagged]
     planned: List[Tuple[_Work, CorChange]] = []
@@ -250,7 +268,7 @@ def fix_cor_outliers(rows: Sequence[Mapping[str, Any]], max_delta: float = DEFAU
     result = OutlierResult(rows=[])
     for series, members in by_series.items():
         chosen = sorted((w for w in members if w.selected), key=_order)
-        stats = _pass_one(series, chosen, max_delta, result.changes, result.unresolved)
+        stats = _pass_one(series, chosen, max_delta, result.changes, result.unresolved, result.manual_flagged)
         if stats is not None:
             result.stats.append(stats)
     for series, members in by_series.items():

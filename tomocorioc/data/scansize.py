@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Iterable, List, Optional
+from typing import Any, Iterable, List, Optional, Tuple
 
 from tomocorioc.core.series import (
     DATA_PATH,
@@ -14,6 +14,7 @@ from tomocorioc.core.series import (
     check_skip_threshold,
     undersized_scans,
 )
+from tomocorioc.data.errors import MissingDatasetError, NotHDF5Error, ShapeError, UnreadableError
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,42 @@ def read_scan_size(path: PathLike) -> ScanSize:
             return ScanSize(file, nproj=int(dset.shape[0]), nbytes=nbytes)
     except (OSError, KeyError, ValueError, RuntimeError) as exc:
         return ScanSize(file, nbytes=nbytes, error=f"unreadable: {exc}")
+
+
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def scan_shape(path: PathLike) -> Tuple[int, int, int]:
+    """``(projections, rows, width)`` of ``/exchange/data``; DatasetError (one line) when it is no scan.
+
+    Checks the HDF5 signature before h5py opens the file, so a text file named
+    ``x.h5`` is refused with "not an HDF5 file", not an HDF5 library trace.
+    """
+    import h5py  # here: the IOC imports this module, and most calls never open a file
+
+    file = str(path)
+    name = os.path.basename(file)
+    try:
+        with open(file, "rb") as fh:
+            head = fh.read(8)
+    except OSError as exc:
+        raise UnreadableError(f"{name}: cannot read ({exc.strerror or exc})") from None
+    if head != _HDF5_MAGIC and not h5py.is_hdf5(file):   # a user block may precede the signature
+        raise NotHDF5Error(f"{name}: not an HDF5 file")
+    try:
+        with _open_h5(h5py, file) as fh:
+            dset = fh.get(DATA_PATH)
+            if not isinstance(dset, h5py.Dataset):
+                raise MissingDatasetError(f"{name}: no {DATA_PATH} dataset (not a DXfile scan)")
+            if len(dset.shape) != 3:
+                raise ShapeError(f"{name}: {DATA_PATH} has shape {tuple(dset.shape)}, expected "
+                                 "(projections, rows, columns)")
+            nproj, nrows, width = (int(n) for n in dset.shape)
+    except (OSError, KeyError, RuntimeError) as exc:
+        raise UnreadableError(f"{name}: cannot open as HDF5 ({str(exc).splitlines()[0][:120]})") from None
+    if min(nproj, nrows, width) < 1:
+        raise ShapeError(f"{name}: {DATA_PATH} is empty {(nproj, nrows, width)}")
+    return nproj, nrows, width
 
 
 def _open_h5(h5py: Any, file: str) -> Any:
@@ -70,4 +107,4 @@ def find_undersized(paths: Iterable[PathLike], threshold: float = DEFAULT_SKIP_T
     return skips
 
 
-__all__ = ["read_scan_size", "find_undersized", "DATA_PATH"]
+__all__ = ["read_scan_size", "find_undersized", "scan_shape", "DATA_PATH"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import socket
 import time
@@ -18,14 +19,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from caproto import ChannelType
+from caproto import AlarmSeverity, AlarmStatus, ChannelType
 from caproto.asyncio.server import Context, VirtualCircuit
 from caproto.server import PVGroup, SubGroup, pvproperty
 from caproto.server.autosave import AutosaveHelper, RotatingFileManager, autosaved
 
 from tomocorioc.ioc.controller import Controller, PutError, Watchdog
 from tomocorioc.ioc.convert import one_line
-from tomocorioc.ioc.pvdefs import LONG_STRING, ROW_SEVERITY, Kind, PVDef, Role, pv_table
+from tomocorioc.ioc.pvdefs import LONG_STRING, ROW_SEVERITY, Kind, PVDef, Role, optional_number, pv_table
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +179,8 @@ def _prop(p: PVDef) -> pvproperty:
     elif k in (Kind.AI, Kind.AO):
         # No limits on the caproto side: it would reject an out-of-range put before
         # our putter could say why in Message (the template carries LOPR/HOPR/DRVL/DRVH).
-        kw.update(dtype=float, value=float(p.default or 0.0), precision=p.prec, units=p.units)
+        start = math.nan if optional_number(p.name) else float(p.default or 0.0)   # no COR until one is found
+        kw.update(dtype=float, value=start, precision=p.prec, units=p.units)
     elif k in (Kind.LONGIN, Kind.LONGOUT):
         kw.update(dtype=int, value=int(p.default or 0))
     elif k in (Kind.STRINGIN, Kind.STRINGOUT):
@@ -336,12 +338,17 @@ class _Base(PVGroup):
             p = self.defs.get(name)
             if p is None:
                 continue
-            out = p.enums[int(value)] if p.kind.is_enum else value
-            severity = 0
+            status, severity = AlarmStatus.NO_ALARM, AlarmSeverity.NO_ALARM
+            if value is None and optional_number(name):
+                # No value (no COR yet): NaN with INVALID severity, which MEDM and Phoebus draw as undefined.
+                out, status, severity = math.nan, AlarmStatus.UDF, AlarmSeverity.INVALID_ALARM
+            else:
+                out = p.enums[int(value)] if p.kind.is_enum else value
             if p.kind is Kind.MBBI and name.endswith("Status"):
-                severity = ROW_SEVERITY.get(p.enums[int(value)], 0)
+                severity = AlarmSeverity(ROW_SEVERITY.get(p.enums[int(value)], 0))
+                status = AlarmStatus.STATE if severity else AlarmStatus.NO_ALARM
             try:
-                await self._props[name].write(out, verify_value=False, severity=severity)
+                await self._props[name].write(out, verify_value=False, status=status, severity=severity)
             except (ValueError, TypeError) as exc:   # a bug in the snapshot: log, keep serving
                 log.error("cannot publish %s=%r: %s", name, value, exc)
                 continue

@@ -19,8 +19,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from tomocorioc.core.jobs import Row, valid_cor
 from tomocorioc.core.queue import QueueError
 from tomocorioc.core.spec import get_path
+from tomocorioc.data.errors import DatasetError
+from tomocorioc.data.scansize import scan_shape
 from tomocorioc.ioc.convert import PutError, enum_index, number, one_line, text
-from tomocorioc.ioc.pvdefs import MAX_SLOTS, PAGE_ROWS, ROW_STATUSES, PVDef, Role, by_name
+from tomocorioc.ioc.pvdefs import MAX_SLOTS, PAGE_ROWS, ROW_STATUSES, PVDef, Role, by_name, short
+from tomocorioc.service.local import host_gpus
+from tomocorioc.service.preflight import preflight
 from tomocorioc.service.protocol import ServiceAPI, SlotState
 from tomocorioc.service.trigger.manager import TriggerManager
 
@@ -33,6 +37,11 @@ _SLOT_WORDS = {SlotState.IDLE: "idle", SlotState.BUSY: "idle", SlotState.STARTIN
                SlotState.RESTARTING: "restarting", SlotState.BROKEN: "broken"}
 # A put handler: (PV definition, the client's value) -> the value the PV holds afterwards.
 Handler = Callable[[PVDef, Any], Any]
+
+
+def _check_model(path: str) -> Optional[str]:
+    """None when ``path`` loads as a tomocor checkpoint (checked in a worker-side process), else why not."""
+    return preflight(model=path)
 
 
 class Watchdog:
@@ -60,10 +69,17 @@ class Controller:
 
     def __init__(self, service: ServiceAPI, data_roots: Sequence[Path],
                  slot_factory: Optional[Callable[[Optional[str]], Sequence[Any]]] = None,
-                 trigger: Optional[TriggerManager] = None) -> None:
+                 trigger: Optional[TriggerManager] = None, *,
+                 model_roots: Optional[Sequence[Path]] = None,
+                 model_check: Optional[Callable[[str], Optional[str]]] = None,
+                 gpu_count: Optional[Callable[[], int]] = None) -> None:
         self.service = service
         self.trigger = trigger              # TriggerManager, when this IOC can watch tomoScan
         self.data_roots = [Path(r).resolve() for r in data_roots]
+        # Checkpoints are read only from these folders (a put elsewhere must not probe the host's files).
+        self.model_roots = [Path(r).resolve() for r in (model_roots if model_roots else data_roots)]
+        self.model_check = model_check or _check_model     # path -> None or why it is no tomocor checkpoint
+        self.gpu_count = gpu_count or host_gpus            # CUDA devices of this host
         self.slot_factory = slot_factory    # gpus string -> slot specs (for the Gpus setting)
         self.defs = by_name()
         self.selected: Optional[int] = None
@@ -71,7 +87,7 @@ class Controller:
         self.last_message = ""
         # The few PVs whose put does more than set a bound setting; every other setting PV is generic.
         self.handlers: Dict[str, Handler] = {
-            "Gpus": self._put_gpus, "AutoTrigger": self._put_auto_trigger,
+            "Gpus": self._put_gpus, "ModelPath": self._put_model, "AutoTrigger": self._put_auto_trigger,
             "TomoScanPrefix": self._put_tomoscan_prefix, "TriggerTimeout": self._put_trigger_timeout,
             "Enqueue": self._put_enqueue, "Start": self._cmd(self._start), "Abort": self._cmd(self._abort),
             "Pause": self._cmd(self._pause), "Resume": self._cmd(self._resume),
@@ -120,15 +136,43 @@ class Controller:
 
     # -- settings with side effects ------------------------------------------------------
     def _put_gpus(self, p: PVDef, value: Any) -> Any:
-        gpus = p.conv.to_setting(p, value)
+        return self.set_gpus(p.conv.to_setting(p, value))
+
+    def set_gpus(self, gpus: Optional[str], command_line: bool = False) -> str:
+        """Apply a GPU list (None: automatic); the slots are swapped on a thread of their own.
+
+        A put asking for GPUs on a host without CUDA devices is refused; the
+        command line (``serve --gpus``) may still ask for them, so slots named
+        after GPUs can run torch on the CPU (benchmarks do).
+        """
+        p = self.defs["Gpus"]
         if self.slot_factory is None:
             raise PutError("Gpus: this IOC cannot change its worker slots")
         self.service.settings.changed({p.setting: gpus})   # the whole record validates before any slot changes
         slots = self.slot_factory(gpus)   # ValueError on a bad list
+        if gpus and not command_line and self.gpu_count() == 0:
+            raise PutError("Gpus: no CUDA devices; this host runs one CPU slot")
         if gpus != self.service.settings.gpus:
-            self.service.set_slots(slots)
+            if self.service.queue.has_running():
+                raise QueueError("cannot change the worker slots while jobs run")
             self._set(p, gpus)
+            self.service.set_slots(slots, wait=command_line)
         return p.conv.to_pv(p, gpus)
+
+    def _put_model(self, p: PVDef, value: Any) -> Any:
+        """ModelPath: blank clears it; else a loadable tomocor checkpoint under the model roots."""
+        path = p.conv.to_setting(p, value)
+        if path:
+            real = Path(os.path.realpath(path))
+            if not any(real == r or r in real.parents for r in self.model_roots):
+                raise PutError(f"ModelPath: {path} is outside the model roots "
+                               f"({', '.join(map(str, self.model_roots)) or 'none'}; serve --model-root DIR)")
+            if not real.is_file():
+                raise PutError(f"ModelPath: no such file: {path}")
+            why = self.model_check(str(real))
+            if why:
+                raise PutError(f"ModelPath: {why}")
+        return self._set(p, path)
 
     def _put_tomoscan_prefix(self, p: PVDef, value: Any) -> Any:
         prefix = p.conv.to_setting(p, value)
@@ -265,6 +309,10 @@ class Controller:
                 if not paths:
                     raise PutError(f"Enqueue: no scan files ({', '.join(SCAN_SUFFIXES)}) in {text}")
             elif real.is_file():
+                try:
+                    scan_shape(real)   # a text file named x.h5 is refused here, not in its try phase
+                except DatasetError as exc:
+                    raise PutError(f"Enqueue: {exc}") from None
                 paths = [str(real)]
             else:
                 raise PutError(f"Enqueue: no such file or directory: {text}")
@@ -317,14 +365,28 @@ class Controller:
             return int(v)
         row = self._selected_row() if p.name.startswith("Selected:") else self._page_row(p)
         if p.name.endswith(":Cor"):
-            v = number(p, value)
-            q.set_cor(row.id, valid_cor(v), "manual", "set by operator (PV)")
+            v = self._cor_in_range(p, row, number(p, value))
+            self.service.set_cor(row.id, v, "manual", "set by operator (PV)")
             return v
         if p.name.endswith(":Enable"):
             v = enum_index(p, value)
             q.set_enabled([row.id], bool(v))
             return v
         raise PutError(f"{p.name}: not writable")
+
+    @staticmethod
+    def _cor_in_range(p: PVDef, row: Row, v: float) -> float:
+        """A COR for ``row``'s file: 0 <= COR <= its detector width (checked when the file can be read)."""
+        v = valid_cor(v)
+        try:
+            width: Optional[int] = scan_shape(row.path)[2]
+        except DatasetError as exc:   # the row will fail on its own; only the sign can be checked
+            log.info("%s: COR range not checked: %s", p.name, exc)
+            width = None
+        if v < 0 or (width is not None and v > width):
+            limit = f"0..{width}" if width is not None else ">= 0"
+            raise PutError(f"{p.name}: COR {v:g} is outside {limit} px for {Path(row.path).name}")
+        return v
 
     # -- status ------------------------------------------------------------------------------
     def snapshot(self) -> Dict[str, Any]:
@@ -344,7 +406,7 @@ class Controller:
             "QueueLength": len(q), "NumQueued": counts.get("queued", 0), "NumRunning": counts.get("running", 0),
             "NumDone": counts.get("done", 0) + counts.get("review", 0), "NumFailed": counts.get("failed", 0),
             "NumSkipped": counts.get("skipped", 0) + counts.get("disabled", 0),
-            "NumNeedsReview": tally.needs_review,
+            "NumNeedsReview": tally.needs_review, "NumStale": counts.get("stale", 0),
             "Progress": round(100.0 * tally.finished / tally.requested, 1) if tally.requested else 0.0,
             "NumSlots": len(slots), "Message": svc.messages[-1] if svc.messages else "",
             "TriggerStatus": self.trigger.status if self.trigger is not None else "off",
@@ -370,8 +432,8 @@ class Controller:
             if secs is not None:
                 v["ReconTime"] = float(secs)
         last = q.get(q.last_cor_row)
-        if last is not None and last.cor is not None:
-            v["LastFile"], v["LastCor"] = last.path, float(last.cor)
+        v["LastFile"] = last.path if last is not None else ""
+        v["LastCor"] = float(last.cor) if last is not None and last.cor is not None else None
         by_slot = {s.name: r for s, r in running}
         for i in range(MAX_SLOTS):
             s = slots[i] if i < len(slots) else None
@@ -382,7 +444,7 @@ class Controller:
             v[f"Slot{i + 1}:Elapsed"] = round(float(s.elapsed), 1) if r else 0.0
         sel = q.get(self.selected)
         v.update(self._row_values("Selected", sel))
-        v["Selected:Confidence"] = float(sel.confidence) if sel and sel.confidence is not None else 0.0
+        v["Selected:Confidence"] = float(sel.confidence) if sel and sel.confidence is not None else None
         v["Selected:NeedsReview"] = int(bool(sel and sel.needs_review))
         v["Selected:Phase"] = (sel.current_phase or "") if sel else ""
         v["Selected:Error"] = (sel.error or sel.skipped or "") if sel else ""
@@ -397,14 +459,19 @@ class Controller:
 
     @staticmethod
     def _row_values(pre: str, r: Optional[Row], full_path: bool = True) -> Dict[str, Any]:
+        """A row's PVs; an absent COR is None (shown as NaN, INVALID), texts cut to what a stringin holds."""
         if r is None:
-            return {f"{pre}:Cor": 0.0, f"{pre}:CorSource": "", f"{pre}:Status": 0, f"{pre}:Series": "",
-                    f"{pre}:Enable": 0, **({} if full_path else {f"{pre}:File": ""})}
-        out = {f"{pre}:Cor": float(r.cor) if r.cor is not None else 0.0, f"{pre}:CorSource": r.cor_source or "",
+            out: Dict[str, Any] = {f"{pre}:Cor": None, f"{pre}:CorSource": "", f"{pre}:Status": 0,
+                                   f"{pre}:Series": "", f"{pre}:Enable": 0}
+            if not full_path:
+                out.update({f"{pre}:File": "", f"{pre}:Error": ""})
+            return out
+        out = {f"{pre}:Cor": float(r.cor) if r.cor is not None else None, f"{pre}:CorSource": r.cor_source or "",
                f"{pre}:Status": ROW_STATUSES.index(r.status) if r.status in ROW_STATUSES else 0,
-               f"{pre}:Series": r.series, f"{pre}:Enable": int(r.enabled)}
+               f"{pre}:Series": short(r.series), f"{pre}:Enable": int(r.enabled)}
         if not full_path:
             out[f"{pre}:File"] = Path(r.path).name
+            out[f"{pre}:Error"] = short(r.error or r.skipped or "")
         return out
 
 

@@ -30,6 +30,21 @@ def _g(v: Optional[float]) -> str:
     return "?" if v is None else f"{v:g}"
 
 
+def shown(value: Any) -> str:
+    """A put value as a person writes it: ``nan``, ``1.5``, ``'abc'`` (never ``np.float64(nan)``)."""
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    if isinstance(value, str):
+        return repr(value.rstrip("\x00"))
+    if hasattr(value, "tolist"):       # numpy scalars and one-element arrays
+        value = value.tolist()
+        if isinstance(value, list) and len(value) == 1:
+            value = value[0]
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
 def enum_index(p: "PVDef", value: Any) -> int:
     """An enum put as index or state string -> index (PutError otherwise)."""
     if isinstance(value, bytes):
@@ -39,14 +54,14 @@ def enum_index(p: "PVDef", value: Any) -> int:
         if v in p.enums:
             return p.enums.index(v)
         if not v.lstrip("-").isdigit():
-            raise PutError(f"{p.name}: {value!r} is not one of {', '.join(p.enums)}")
+            raise PutError(f"{p.name}: {shown(value)} is not one of {', '.join(p.enums)}")
         value = int(v)
     try:
         i = int(value)
     except (TypeError, ValueError):
-        raise PutError(f"{p.name}: {value!r} is not one of {', '.join(p.enums)}") from None
+        raise PutError(f"{p.name}: {shown(value)} is not one of {', '.join(p.enums)}") from None
     if isinstance(value, float) and (not math.isfinite(value) or value != i):
-        raise PutError(f"{p.name}: {value!r} is not a state index")
+        raise PutError(f"{p.name}: {shown(value)} is not a state index")
     if not 0 <= i < len(p.enums):
         raise PutError(f"{p.name}: index {i} out of range 0..{len(p.enums) - 1}")
     return i
@@ -57,9 +72,9 @@ def number(p: "PVDef", value: Any) -> float:
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise PutError(f"{p.name}: {value!r} is not a number") from None
+        raise PutError(f"{p.name}: {shown(value)} is not a number") from None
     if not math.isfinite(v):
-        raise PutError(f"{p.name}: {value!r} is not finite")
+        raise PutError(f"{p.name}: {shown(value)} is not finite")
     if (p.lo is not None and v < p.lo) or (p.hi is not None and v > p.hi):
         raise PutError(f"{p.name}: {v:g} out of range {_g(p.lo)}..{_g(p.hi)}")
     return v
@@ -70,7 +85,7 @@ def text(p: "PVDef", value: Any) -> str:
     if isinstance(value, bytes):
         value = value.decode("latin-1")
     if not isinstance(value, str):
-        raise PutError(f"{p.name}: expected a string, got {value!r}")
+        raise PutError(f"{p.name}: expected a string, got {shown(value)}")
     value = value.rstrip("\x00").strip()
     if "\n" in value or "\r" in value:
         raise PutError(f"{p.name}: must be one line")
@@ -168,5 +183,5 @@ class NumberText(Converter):
         return f"{value:g}" if isinstance(value, (int, float)) else str(value)
 
 
-__all__ = ["PutError", "one_line", "enum_index", "number", "text", "Converter", "Number", "Flag", "Choice", "Text",
+__all__ = ["PutError", "one_line", "shown", "enum_index", "number", "text", "Converter", "Number", "Flag", "Choice", "Text",
            "NumberText"]

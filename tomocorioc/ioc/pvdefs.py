@@ -25,9 +25,13 @@ PAGE_ROWS = 16          # Row01..Row16 on the queue screen
 LONG_STRING = 4096      # characters of a long-string (path) PV, read with .$
 DEFAULT_PREFIX = "TomoCor:"
 
-ROW_STATUSES = ("idle", "queued", "running", "done", "review", "failed", "cancelled", "skipped", "disabled")
+ROW_STATUSES = ("idle", "queued", "running", "done", "review", "stale", "failed", "cancelled", "skipped",
+                "disabled")
 # Alarm severity per row status (0 none, 1 minor, 2 major): MEDM's alarm colour mode shows it.
-ROW_SEVERITY = {"failed": 2, "cancelled": 1, "review": 1, "skipped": 1}
+ROW_SEVERITY = {"failed": 2, "cancelled": 1, "review": 1, "stale": 1, "skipped": 1}
+SHORT_STRING = 39       # characters a stringin/stringout holds (40 with its NUL)
+# Numeric PVs that may have no value (no COR yet): shown as NaN with INVALID severity, never as 0.
+OPTIONAL_NUMBERS = ("Cor", "Selected:Cor", "LastCor", "Selected:Confidence")
 COR_METHOD_LABELS = ("Auto", "AI", "Classical")   # the CorMethod states, for COR_METHODS
 BINNING_LABELS = ("1x1", "2x2", "4x4", "8x8")
 
@@ -143,6 +147,7 @@ def _table() -> Tuple[PVDef, ...]:
         bound("PhaseTomoLog", Kind.BO, "phase_tomolog", Flag(), enums=("Disable", "Enable")),
         # -- settings
         bound("MaxCorDelta", Kind.AO, "max_cor_delta", Number(), prec=2),
+        bound("RerunOnCorChange", Kind.BO, "rerun_on_cor_change", Flag(), enums=("No", "Yes")),
         bound("CenterSearchWidth", Kind.AO, "params.search_width", Number(), prec=2),
         bound("CenterSearchStep", Kind.AO, "params.search_step", Number(), prec=2),
         bound("NSino", Kind.AO, "params.nsino", Number(), prec=3),
@@ -150,7 +155,7 @@ def _table() -> Tuple[PVDef, ...]:
         bound("FbpFilter", Kind.MBBO, "params.fbp_filter", Choice(FILTERS), enums=FILTERS),
         bound("CorMethod", Kind.MBBO, "cor_method", Choice(COR_METHODS), enums=COR_METHOD_LABELS),
         bound("Metric", Kind.MBBO, "metric", Choice(METRICS), enums=METRICS),
-        bound("ModelPath", Kind.LSO, "model", Text(blank_is_none=True, existing_file=True)),
+        bound("ModelPath", Kind.LSO, "model", Text(blank_is_none=True)),
         bound("TryTimeout", Kind.AO, "try_timeout", Number()),
         bound("InferTimeout", Kind.AO, "infer_timeout", Number()),
         bound("FullTimeout", Kind.AO, "full_timeout", Number()),
@@ -189,6 +194,7 @@ def _table() -> Tuple[PVDef, ...]:
         PVDef("NumFailed", Kind.LONGIN, S, "Rows failed", 0),
         PVDef("NumSkipped", Kind.LONGIN, S, "Rows skipped or disabled", 0),
         PVDef("NumNeedsReview", Kind.LONGIN, S, "Rows whose COR needs review", 0),
+        PVDef("NumStale", Kind.LONGIN, S, "Rows whose outputs predate their COR", 0),
         PVDef("Progress", Kind.AI, S, "Finished share of requested phases", 0.0, lo=0, hi=100, units="%", prec=1),
         PVDef("CurrentFile", Kind.LSI, S, "File of the latest started job", ""),
         PVDef("LastFile", Kind.LSI, S, "File of the latest COR", ""),
@@ -204,7 +210,7 @@ def _table() -> Tuple[PVDef, ...]:
         PVDef("Selected:Status", Kind.MBBI, S, "Status of the selected file", 0, ROW_STATUSES),
         PVDef("Selected:Phase", Kind.STRINGIN, S, "Running or next phase", ""),
         _b("Selected:Enable", X, "Selected file enabled", "Disable", "Enable", 1),
-        PVDef("Selected:Series", Kind.LSI, S, "Series of the selected file", ""),
+        PVDef("Selected:Series", Kind.STRINGIN, S, "Series of the selected file", ""),
         PVDef("Selected:Confidence", Kind.AI, S, "COR confidence (0..1)", 0.0, lo=0, hi=1, prec=3),
         _b("Selected:NeedsReview", S, "COR needs review", "No", "Yes", out=False),
         PVDef("Selected:Error", Kind.LSI, S, "Error of the selected file", ""),
@@ -222,14 +228,26 @@ def _table() -> Tuple[PVDef, ...]:
                 PVDef(f"{r}:Cor", Kind.AO, X, f"Row {n} COR (put: manual)", 0.0, lo=-1e6, hi=1e6, units="px",
                       prec=2),
                 PVDef(f"{r}:Status", Kind.MBBI, S, f"Row {n} status", 0, ROW_STATUSES),
-                PVDef(f"{r}:Series", Kind.LSI, S, f"Row {n} series", ""),
+                PVDef(f"{r}:Series", Kind.STRINGIN, S, f"Row {n} series", ""),
                 PVDef(f"{r}:SeriesColor", Kind.LONGIN, S, f"Row {n} series colour index 0-5", 0, lo=0, hi=5),
                 _b(f"{r}:Enable", X, f"Row {n} enabled", "Disable", "Enable", 1),
-                PVDef(f"{r}:CorSource", Kind.STRINGIN, S, f"Row {n} COR source", "")]
+                PVDef(f"{r}:CorSource", Kind.STRINGIN, S, f"Row {n} COR source", ""),
+                PVDef(f"{r}:Error", Kind.STRINGIN, S, f"Row {n} error (short)", "")]
     names = [p.name for p in pvs]
     if len(set(names)) != len(names):
         raise AssertionError("duplicate PV names")
     return tuple(pvs)
+
+
+def optional_number(name: str) -> bool:
+    """True for a numeric PV that shows NaN (INVALID) when it has no value."""
+    return name in OPTIONAL_NUMBERS or (name.startswith("Row") and name.endswith(":Cor"))
+
+
+def short(text: str) -> str:
+    """``text`` cut to what a stringin holds, marked with '...' when cut (ASCII: DBF_STRING is 8-bit)."""
+    text = text.encode("ascii", "replace").decode("ascii")
+    return text if len(text) <= SHORT_STRING else text[:SHORT_STRING - 3] + "..."
 
 
 def by_name() -> Dict[str, PVDef]:
@@ -243,4 +261,5 @@ def settings_pvs() -> List[PVDef]:
 
 
 __all__ = ["PVDef", "Kind", "Role", "bound", "pv_table", "by_name", "settings_pvs", "MAX_SLOTS", "PAGE_ROWS",
-           "LONG_STRING", "DEFAULT_PREFIX", "ROW_STATUSES", "ROW_SEVERITY", "COR_METHOD_LABELS", "BINNING_LABELS"]
+           "LONG_STRING", "DEFAULT_PREFIX", "ROW_STATUSES", "ROW_SEVERITY", "SHORT_STRING", "OPTIONAL_NUMBERS",
+           "optional_number", "short", "COR_METHOD_LABELS", "BINNING_LABELS"]

@@ -48,7 +48,8 @@ MEDM_COLORS: Tuple[str, ...] = tuple((
     "4ea5f9 2a63e4 0a00b8 ebf1b5 d4db9d bbc187 a6a462 8b8239 73ff6b 52da3b 3cb420 289315 1a7309").split())
 WHITE, LIGHT, BG, BLACK, TITLE_FG, GREEN, RED, ENTRY_BG, BUTTON_BG = 0, 2, 4, 14, 54, 15, 20, 51, 51
 # Row status -> band colour (idle rows stay uncoloured); statuses missing here share the last colour.
-STATUS_COLORS: Dict[str, int] = {"queued": 50, "running": 30, "done": 60, "review": 32, "failed": 20, "cancelled": 8}
+STATUS_COLORS: Dict[str, int] = {"queued": 50, "running": 30, "done": 60, "review": 32, "stale": 34, "failed": 20,
+                                 "cancelled": 8}
 SERIES_COLORS: Tuple[int, ...] = (27, 33, 37, 17, 47, 52)   # Row<NN>:SeriesColor 0..5
 
 H = 20       # widget height
@@ -183,6 +184,7 @@ LABELS: Dict[str, str] = {
     "ServerRunning": "Server", "Watchdog": "Watchdog", "Busy": "Busy", "Paused": "Queue", "ReconStatus": "Status",
     "Message": "Message", "ReconTime": "Recon time [s]", "Progress": "Progress [%]", "CurrentFile": "Current file",
     "LastFile": "file", "LastCor": "Last COR [px]", "MaxCorDelta": "Outlier max jump [px]",
+    "RerunOnCorChange": "Re-run on COR change",
     "CenterSearchWidth": "Try half width [px]", "CenterSearchStep": "Try step [px]", "NSino": "Try row 0..1",
     "FbpFilter": "FBP filter", "CorMethod": "COR method", "Metric": "Sharpness metric", "ModelPath": "AI model file",
     "TryTimeout": "Try timeout [s]", "InferTimeout": "Infer timeout [s]", "FullTimeout": "Full timeout [s]",
@@ -219,7 +221,7 @@ def _width(p: PVDef, wide: int) -> int:
 
 # -- the three screens --------------------------------------------------------------
 _COUNTS = (("QueueLength", "Rows"), ("NumQueued", "Queued"), ("NumRunning", "Running"), ("NumDone", "Done"),
-           ("NumFailed", "Failed"), ("NumSkipped", "Skipped"), ("NumNeedsReview", "Review"), ("NumSlots", "Slots"))
+           ("NumFailed", "Failed"), ("NumSkipped", "Skipped"), ("NumNeedsReview", "Review"), ("NumStale", "Stale"))
 
 
 def main_screen() -> Screen:
@@ -296,9 +298,9 @@ def _status_conds() -> Tuple[Cond, ...]:
 
 
 def queue_screen() -> Screen:
-    """``tomoCorQueue``: PAGE_ROWS rows (file, COR, status, series, enable, COR source) and page buttons."""
+    """``tomoCorQueue``: PAGE_ROWS rows (file, COR, status, series, enable, COR source, error) and page buttons."""
     band, inset = 27, 4    # row pitch; the status colour shows as a frame this wide around the row's widgets
-    s = Screen("tomoCorQueue", "queue", 1010)
+    s = Screen("tomoCorQueue", "queue", 1240)
     y = 42
     s.field((5, 80, 60), y, "RowOffset")
     for i in range(5):      # page buttons: RowOffset = 0, 16, 32, ...
@@ -308,7 +310,7 @@ def queue_screen() -> Screen:
     s.field((540, 120, 60), y, "QueueLength")
     s.related(s.width - 115, y, 110, "tomoCor", "Main...")
     cols = (("File", 300, "File"), ("Cor", 90, "COR [px]"), ("Status", 90, "Status"), ("Series", 216, "Series"),
-            ("Enable", 90, "Enable"), ("CorSource", 170, "COR source"))
+            ("Enable", 90, "Enable"), ("CorSource", 170, "COR source"), ("Error", 224, "Error"))
     y = 70
     x = 12
     for _, w, text in cols:

@@ -29,6 +29,8 @@ def add_serve_arguments(ap: argparse.ArgumentParser) -> None:
                     help="directory whose files may be queued (repeat for several); Enqueue outside is refused")
     ap.add_argument("--state", type=Path, required=True,
                     help="state directory: queue database and autosave files")
+    ap.add_argument("--model-root", action="append", type=Path, default=[], metavar="DIR",
+                    help="folder a ModelPath checkpoint may come from (repeat; default: the data roots)")
     ap.add_argument("--autosave-dir", type=Path,
                     help="where the settings autosave file goes (default STATE/autosave)")
     ap.add_argument("--gpus", help="GPU slots, e.g. 0,1 (default: the autosaved Gpus, else all visible GPUs, "
@@ -105,7 +107,8 @@ async def _serve(args: argparse.Namespace, interfaces: List[str]) -> int:
     # command line on top (it wins: --gpus over an autosaved Gpus), and only then dispatch.
     service = Service(state, None, runner, cluster=args.cluster, path_map=args.path_map)
     from tomocorioc.service.trigger.manager import TriggerManager
-    controller = Controller(service, args.data_root, slot_factory=None if args.cluster else slots_for)
+    controller = Controller(service, args.data_root, slot_factory=None if args.cluster else slots_for,
+                            model_roots=args.model_root)
 
     def accept(path: str) -> str:
         return str(controller.under_roots(Path(path)))   # PutError is a ValueError: reported by the trigger
@@ -118,7 +121,12 @@ async def _serve(args: argparse.Namespace, interfaces: List[str]) -> int:
     await group.publish_settings()
     await group.autosave_helper.restore_from_file(autosave_file)
     if args.gpus is not None and not args.cluster:
-        controller.put("Gpus", args.gpus)
+        try:
+            controller.set_gpus(controller.defs["Gpus"].conv.to_setting(controller.defs["Gpus"], args.gpus),
+                                command_line=True)
+        except ValueError as exc:   # PutError, QueueError, SettingError: one line, as any bad option
+            log.error("--gpus %s: %s", args.gpus, exc)
+            return 2
     await group.publish_settings()
     trigger.start()
     for folder in args.watch:

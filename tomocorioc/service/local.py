@@ -49,13 +49,18 @@ def slots_for(gpus: Optional[str]) -> List[SlotSpec]:
     return [SlotSpec(f"gpu{g}", {"CUDA_VISIBLE_DEVICES": g}) for g in ids]
 
 
+def host_gpus() -> int:
+    """CUDA devices on this host (its /dev/nvidiaN files), whatever CUDA_VISIBLE_DEVICES says."""
+    return len([d for d in os.listdir("/dev") if d.startswith("nvidia") and d[6:].isdigit()]) \
+        if os.path.isdir("/dev") else 0
+
+
 def _visible_gpus() -> int:
     """GPU count without importing CUDA in this (IOC) process: ask nvidia-smi's device files."""
     vis = os.environ.get("CUDA_VISIBLE_DEVICES")
     if vis is not None:
         return len([v for v in vis.split(",") if v.strip() and v.strip() != "-1"])
-    return len([d for d in os.listdir("/dev") if d.startswith("nvidia") and d[6:].isdigit()]) \
-        if os.path.isdir("/dev") else 0
+    return host_gpus()
 
 
 @dataclass

@@ -117,8 +117,12 @@ class ServiceAPI(Protocol):
     def update_settings(self, changes: Mapping[str, Any]) -> None:
         """Apply setting changes (dotted paths) as one validated record."""
 
-    def set_slots(self, slots: Sequence[Any]) -> None:
-        """Replace the worker slots."""
+    def set_slots(self, slots: Sequence[Any], wait: bool = True) -> None:
+        """Replace the worker slots (``wait=False``: on a thread of its own)."""
+
+    def set_cor(self, row_id: int, cor: Optional[float], source: str = "manual", reason: str = "",
+                needs_review: Optional[bool] = None) -> List[str]:
+        """Change a row's COR; returns the phases it made stale."""
 
     def cluster_status(self) -> ClusterStatus:
         """The dispatcher's link and size."""

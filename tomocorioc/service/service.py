@@ -22,6 +22,7 @@ from tomocorioc.core.result import Job
 from tomocorioc.core.rotcen import read_rot_cen, update_rot_cen
 from tomocorioc.core.settings import ServiceSettings
 from tomocorioc.data.scansize import find_undersized
+from tomocorioc.service.cor_outputs import write_cor_outputs
 from tomocorioc.service.local import LocalDispatcher, SlotSpec, slots_for
 from tomocorioc.service.protocol import ClusterStatus, Dispatcher
 from tomocorioc.service.store import StateStore, StoreError
@@ -31,6 +32,10 @@ log = logging.getLogger(__name__)
 RUNNER = "tomocorioc.worker.runner:make_runner"
 # Builds a dispatcher from (queue, slots, factory, runner config, job builder, **callbacks); tests pass a fake.
 DispatcherFactory = Callable[..., Dispatcher]
+
+
+def _cor_text(cor: Optional[float]) -> str:
+    return "none" if cor is None else f"{cor:.2f}"
 
 
 def _utf8_names(paths: List[str]) -> Tuple[List[str], List[str]]:
@@ -76,6 +81,9 @@ class Service:
         self._event_seq = 0
         self.last_started: Optional[Dict[str, Any]] = None
         self._started = False
+        self._slot_lock = threading.Lock()
+        self._settings_lock = threading.Lock()
+        self._slot_swap: Optional[threading.Thread] = None
         self.store.set_setting("service", self.settings.to_dict())
 
     def _make_dispatcher(self, slots: Sequence[SlotSpec]) -> Dispatcher:
@@ -207,17 +215,53 @@ class Service:
                 self.notice(f"skipped {Path(item.file).name}: {item.reason}")
         return skipped
 
+    def set_cor(self, row_id: int, cor: Optional[float], source: str = "manual", reason: str = "",
+                needs_review: Optional[bool] = None) -> List[str]:
+        """Change a row's COR; outputs made with the old one become stale (re-run per RerunOnCorChange).
+
+        The scan's ``center_of_rotation.txt`` and its folder's ``rot_cen.json``
+        (those that exist) are rewritten with the new COR.  Returns the phases
+        that became stale.
+        """
+        s = self.settings
+        stale = self.queue.set_cor(row_id, cor, source, reason, rerun=s.rerun_on_cor_change and s.phase_full,
+                                   needs_review=needs_review)
+        row = self.queue.row(row_id)
+        try:
+            write_cor_outputs(row.path, row.cor, source, reason)
+        except OSError as exc:   # the row holds the COR all the same; say which file is out of date
+            self.notice(f"{Path(row.path).name}: COR {row.cor} not written beside the scan: {exc}")
+        if stale:
+            again = [p for p in stale if row.state[p].value == "queued"]
+            self.notice(f"{Path(row.path).name}: COR changed to {_cor_text(row.cor)} ({source}); "
+                        + (f"{', '.join(again)} queued again" if again else
+                           f"{', '.join(stale)} stale (Start re-runs it)"))
+        return stale
+
     def fix_outliers(self, ids: Optional[Iterable[int]] = None) -> List[Dict[str, Any]]:
-        """Fix COR Outliers over the selected rows (all rows when None); returns the changes."""
+        """Fix COR Outliers over the selected rows (all rows when None); returns the changes.
+
+        Only enabled rows are selected (a disabled or skipped row is neither
+        changed nor filled, but donates its COR); a manual COR is never
+        replaced, and one the rule would have flagged is reported and marked
+        for review.
+        """
         rows = self.queue.rows()
-        selected = set(ids) if ids is not None else {r.id for r in rows}
-        table = [{"file": r.path, "cor": r.cor, "selected": r.id in selected} for r in rows]
+        chosen = set(ids) if ids is not None else {r.id for r in rows}
+        table = [{"file": r.path, "cor": r.cor, "manual": r.cor_source == "manual",
+                  "selected": r.id in chosen and r.enabled and not r.skipped} for r in rows]
         result = series_tools.fix_cor_outliers(table, max_delta=self.settings.max_cor_delta)
         changes = []
         for ch in result.changes:
             row = rows[ch.row]
-            self.queue.set_cor(row.id, ch.new, ch.source, ch.reason)
+            self.set_cor(row.id, ch.new, ch.source, ch.reason)
             changes.append({"file": row.path, "old": ch.old, "new": ch.new, "reason": ch.reason})
+        by_path = {r.path: r for r in rows}
+        for file, why in result.manual_flagged:
+            row = by_path[file]
+            if not row.needs_review:
+                self.queue.set_review(row.id, True)
+            self.notice(f"{Path(file).name}: {why}; check it (needs review)")
         for s in result.unfilled_series:
             self.notice(f"series {s!r}: no COR to fill from")
         return changes
@@ -239,7 +283,7 @@ class Service:
         for file, cor in read_rot_cen(path).items():
             rid = self.queue.find(file)
             if rid is not None and cor is not None:
-                self.queue.set_cor(rid, cor, "imported", f"from {Path(path).name}")
+                self.set_cor(rid, cor, "imported", f"from {Path(path).name}")
                 n += 1
         return n
 
@@ -262,25 +306,53 @@ class Service:
                 merged.update({f"params.{k}": v for k, v in value.items()})
             else:
                 merged[key] = value
-        new = self.settings.changed(merged)
-        self.store.set_setting("service", new.to_dict())   # first durable, then visible
-        self.settings = new
-        self.queue.max_retries = new.max_retries
-        self.queue.series_barrier, self.queue.auto_fix = new.series_barrier, new.auto_fix_outliers
-        self.dispatcher.timeouts = dict(new.timeouts)
+        with self._settings_lock:   # puts run on more than one thread: no change may overwrite another
+            new = self.settings.changed(merged)
+            self.store.set_setting("service", new.to_dict())   # first durable, then visible
+            self.settings = new
+            self.queue.max_retries = new.max_retries
+            self.queue.series_barrier, self.queue.auto_fix = new.series_barrier, new.auto_fix_outliers
+            self.dispatcher.timeouts = dict(new.timeouts)
         self.dispatcher.wake()
 
-    def set_slots(self, slots: Sequence[SlotSpec]) -> None:
-        """Replace the worker slots (e.g. a new GPU list); refused while a job runs."""
+    def set_slots(self, slots: Sequence[SlotSpec], wait: bool = True) -> None:
+        """Replace the worker slots (e.g. a new GPU list); refused while a job runs.
+
+        Stopping the old workers takes seconds, so with ``wait=False`` the swap
+        runs on its own thread and this returns at once (a putter never waits
+        for it); :meth:`wait_slots` waits for the swap to finish.
+        """
         if self.queue.has_running():
             raise QueueError("cannot change the worker slots while jobs run")
         if self.cluster:
             raise QueueError("with --cluster the slots are the cluster's GPU workers; Gpus does not apply")
-        was_started = self._started
-        self.dispatcher.stop()
-        self.dispatcher = self._make_dispatcher(slots)
-        if was_started:
-            self.dispatcher.start()
+        if wait:
+            self._swap_slots(list(slots))
+            return
+        self.wait_slots()   # one swap at a time, in the order asked
+        self._slot_swap = threading.Thread(target=self._swap_slots, args=(list(slots),), name="slot-swap",
+                                           daemon=True)
+        self._slot_swap.start()
+
+    def _swap_slots(self, slots: List[SlotSpec]) -> None:
+        with self._slot_lock:
+            try:
+                was_started = self._started
+                self.dispatcher.stop()
+                self.dispatcher = self._make_dispatcher(slots)
+                if was_started:
+                    self.dispatcher.start()
+            except Exception as exc:  # noqa: BLE001 - on its own thread: say so, never die silently
+                log.exception("worker slots not replaced")
+                self.notice(f"worker slots not replaced: {type(exc).__name__}: {exc}")
+
+    def wait_slots(self, timeout: Optional[float] = None) -> bool:
+        """Wait for a slot swap started with ``wait=False``; True when none is running."""
+        t = self._slot_swap
+        if t is not None and t is not threading.current_thread():
+            t.join(timeout)
+            return not t.is_alive()
+        return True
 
     def start_queue(self) -> int:
         """Operator 'Start': queue cancelled/failed phases again and resume; returns rows requeued."""
