@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import h5py
 import numpy as np
 import pytest
+from _fixtures import fixture_dir
 
 from tomocorioc.core import sidecar
 from tomocorioc.core.params import ReconParams
@@ -33,8 +34,6 @@ from tomocorioc.service.local import slots_for
 from tomocorioc.service.preflight import preflight
 from tomocorioc.service.service import Service
 from tomocorioc.testing.fakes import FakeDispatcher, FakeTrigger, make_service
-
-from _fixtures import fixture_dir
 
 TABLE = pv_table()
 DEFS = by_name()
@@ -690,7 +689,8 @@ def test_row_cor_and_enable_act_on_the_row_at_the_page_offset(ctl: Controller, s
     changed = {r.id: (r.cor, r.cor_source, r.enabled) for r in svc.queue.rows() if r.cor is not None or not r.enabled}
     assert changed == {target: (12.5, "manual", False)}
     snap = ctl.snapshot()
-    assert snap[f"{pre}:Cor"] == 12.5 and snap[f"{pre}:Enable"] == 0 and snap[f"{pre}:Status"] == ROW_STATUSES.index("disabled")
+    assert snap[f"{pre}:Cor"] == 12.5 and snap[f"{pre}:Enable"] == 0
+    assert snap[f"{pre}:Status"] == ROW_STATUSES.index("disabled")
     assert ctl.put(f"{pre}:Enable", "Enable") == 1 and svc.queue.row(target).enabled
     refused(ctl, f"{pre}:Cor", 2e6, "out of range")
 

@@ -64,7 +64,10 @@ def test_bad_file_fails_alone(series, tmp_path):
     p = run_cli("run", d / truth[0]["file"], bad, missing, "--json", "--backend", "torch",
                 "--phases", "try,infer", *FAST)
     assert p.returncode == 1
-    recs = [json.loads(x) for x in p.stdout.splitlines()]
+    done = [json.loads(x) for x in p.stdout.splitlines()]    # in the order the files finished
+    order = [str(d / truth[0]["file"]), str(bad), str(missing)]
+    assert sorted(r["file"] for r in done) == sorted(order)
+    recs = sorted(done, key=lambda r: order.index(r["file"]))
     assert [r["status"] for r in recs] == ["ok", "failed", "failed"]
     assert "not an HDF5 file" in recs[1]["error"] and "no such file" in recs[2]["error"]
     assert all("\n" not in (r["error"] or "") for r in recs)

@@ -102,6 +102,8 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument("--path-map", action="append", default=[], metavar="IOC=WORKER",
                      help="a data prefix here and where the cluster's workers mount it, e.g. /data=/mnt/data (repeat)")
     run.add_argument("--state", type=Path, help="keep the queue in this state directory (default: in memory)")
+    run.add_argument("--no-auto-skip", action="store_true",
+                     help="run every file, even one that looks like an aborted acquisition")
     tl = run.add_argument_group("TomoLog (phase tomolog)")
     tl.add_argument("--tomolog-url", help="Google Slides presentation URL")
     tl.add_argument("--cloud-service", default="imgur", help="imgur or aps (default imgur)")
@@ -198,7 +200,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                                           "device": args.device}, settings, cluster=args.cluster,
                       path_map=args.path_map)
     want = {p: (p in phases) for p in PHASES}
-    new = set(service.enqueue([str(f) for f in files], want))
+    new = set(service.enqueue([str(f) for f in files], want, auto_skip=not args.no_auto_skip))
     # Files already in a --state queue keep their rows (and their finished phases).
     ids = [rid for rid in (service.queue.find(str(f.resolve())) for f in files) if rid is not None]
     for rid in ids:
@@ -210,23 +212,40 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"tomocorioc run: {service.cluster_status().text}", file=sys.stderr)
         service.stop()
         return 2
+    printed: set = set()
+    ok = True
+
+    def report_finished(final: bool = False) -> None:
+        """Print each file's line as soon as it has finished (every file at the end)."""
+        nonlocal ok
+        rows = {r.id: r for r in service.queue.rows()}
+        for rid in ids:
+            r = rows.get(rid)
+            if rid in printed or r is None or not (final or _finished(r)):
+                continue
+            printed.add(rid)
+            rec = row_report(r)
+            ok &= rec["status"] != "failed"
+            _print_report(rec, args.json)
+
     try:
         while not service.wait_idle(1.0):
             rows = service.queue.rows()
-            progress(sum(r.current_phase is None for r in rows), len(rows))
+            progress(sum(_finished(r) for r in rows), len(rows))
+            report_finished()
     except KeyboardInterrupt:
         service.abort()
         print("tomocorioc run: interrupted; running jobs cancelled", file=sys.stderr)
     finally:
         progress.close()
         service.stop()
-    rows = {r.id: r for r in service.queue.rows()}
-    ok = True
-    for rid in ids:
-        rec = row_report(rows[rid])
-        ok &= rec["status"] == "ok"
-        _print_report(rec, args.json)
+    report_finished(final=True)
     return 0 if ok else 1
+
+
+def _finished(row: Row) -> bool:
+    """Nothing of the row runs or waits any more (a skipped row never will)."""
+    return bool(row.skipped) or row.current_phase is None
 
 
 def _seed_cor(service: Any, rid: int, cor: Optional[float], phases: List[str]) -> None:
@@ -252,11 +271,12 @@ def row_report(row: Row) -> Dict[str, Any]:
     asked = {p: s for p, s in row.state.items() if s is not PhaseState.OFF}
     ok = bool(asked) and all(s in FINISHED_OK for s in asked.values())
     error = row.error
+    status = "ok" if ok else "failed"
     if row.skipped:
-        ok, error = False, f"skipped: {row.skipped}"
+        ok, status, error = False, "skipped", f"skipped: {row.skipped}"
     if not ok and not error:
         error = "; ".join(f"{p} {s.value}" for p, s in asked.items() if s not in FINISHED_OK)
-    return {"file": row.path, "status": "ok" if ok else "failed", "cor": _rounded(row.cor),
+    return {"file": row.path, "status": status, "cor": _rounded(row.cor),
             "cor_source": row.cor_source, "confidence": _rounded(row.confidence), "error": None if ok else error,
             "needs_review": row.needs_review, "estimate": _rounded(row.estimate),
             "phases": {p: s.value for p, s in asked.items()},
@@ -274,7 +294,7 @@ def _print_report(rec: Dict[str, Any], as_json: bool) -> None:
         flag = "  NEEDS REVIEW" if rec["needs_review"] else ""
         print(f"OK      {rec['file']}  cor={cor} ({rec['cor_source'] or '-'}, confidence {conf}){flag}", flush=True)
     else:
-        print(f"FAILED  {rec['file']}  {rec['error']}", flush=True)
+        print(f"{rec['status'].upper():8s}{rec['file']}  {rec['error']}", flush=True)
 
 
 __all__ = ["add_run_arguments", "cmd_run", "row_report", "expand_inputs"]

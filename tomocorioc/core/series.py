@@ -311,6 +311,29 @@ class ScanSize:
     nproj: Optional[int] = None
     nbytes: Optional[int] = None
     error: Optional[str] = None   # why the file could not be read, when it could not
+    ntheta: Optional[int] = None  # length of /exchange/theta
+    planned: Optional[int] = None  # tomoScan's planned projections (/process/acquisition/rotation/num_angles)
+
+
+def own_verdict(s: ScanSize) -> Tuple[Optional[bool], str]:
+    """What the file says of itself: (True: aborted, with why; False: complete; None: it cannot tell).
+
+    A scan that records its plan is judged against it alone (projections and
+    theta both reach the planned count); without a plan, a theta longer than
+    the data shows an acquisition that stopped early.  Only a file that cannot
+    tell is compared with its series' median.
+    """
+    if s.nproj is None:
+        return None, ""
+    if s.planned:
+        if s.nproj < s.planned:
+            return True, f"aborted: {s.nproj} of {s.planned} planned projections"
+        if s.ntheta is not None and s.ntheta < s.planned:
+            return True, f"aborted: theta holds {s.ntheta} of {s.planned} planned angles"
+        return False, ""
+    if s.ntheta is not None and s.ntheta > s.nproj:
+        return True, f"aborted: {s.nproj} projections for {s.ntheta} angles in theta"
+    return None, ""
 
 
 @dataclass(frozen=True)
@@ -336,20 +359,26 @@ def _size_text(value: float, measure: str) -> str:
 
 def undersized_scans(records: Iterable[Union[ScanSize, Tuple[str, Optional[int], Optional[int]]]],
                      threshold: float = DEFAULT_SKIP_THRESHOLD) -> List[SkipDecision]:
-    """Files whose size is below ``threshold`` x their series' median (aborted acquisitions).
+    """Aborted acquisitions: by the file's own evidence (:func:`own_verdict`) first, else by size.
 
-    Per series, projections are compared when at least 3 files know them,
+    A file that cannot tell is skipped when its size is below ``threshold`` x
+    its series' median: per series (of such files), projections are compared when at least 3 files know them,
     else bytes when at least 3 files know those; files that do not know the
     chosen measure, and unreadable ones, are not judged.  The median is taken
     over every judged file of the series, the file itself included.
     """
     threshold = check_skip_threshold(threshold)
     sizes = [r if isinstance(r, ScanSize) else ScanSize(*r) for r in records]
+    skips: List[SkipDecision] = []
     by_series: Dict[str, List[ScanSize]] = {}
     for s in sizes:
-        if s.error is None:
+        if s.error is not None:
+            continue
+        verdict, why = own_verdict(s)
+        if verdict is True:
+            skips.append(SkipDecision(s.file, why))
+        elif verdict is None:   # only files that cannot tell are judged by their series
             by_series.setdefault(series_key(s.file)[0], []).append(s)
-    skips: List[SkipDecision] = []
     for series, members in by_series.items():
         for measure in ("nproj", "nbytes"):
             known = [(s, getattr(s, measure)) for s in members if getattr(s, measure) is not None]
@@ -372,5 +401,5 @@ __all__ = [
     "SERIES_RE", "DEFAULT_MAX_DELTA", "DEFAULT_SKIP_THRESHOLD", "MIN_FILES_TO_JUDGE", "SOURCE_OUTLIER",
     "SOURCE_FILLED", "CorChange", "SeriesStats", "OutlierResult", "ScanSize", "SkipDecision", "file_stem",
     "series_key", "fix_cor_outliers", "check_max_delta", "outlier_threshold", "median_mad",
-    "undersized_scans", "check_skip_threshold",
+    "undersized_scans", "check_skip_threshold", "own_verdict",
 ]

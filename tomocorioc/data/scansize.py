@@ -36,9 +36,26 @@ def read_scan_size(path: PathLike) -> ScanSize:
                 return ScanSize(file, nbytes=nbytes, error=f"unreadable: no {DATA_PATH} dataset")
             if len(dset.shape) < 1:
                 return ScanSize(file, nbytes=nbytes, error=f"unreadable: {DATA_PATH} is a scalar")
-            return ScanSize(file, nproj=int(dset.shape[0]), nbytes=nbytes)
+            theta = fh.get(THETA_PATH)
+            ntheta = int(theta.shape[0]) if isinstance(theta, h5py.Dataset) and len(theta.shape) == 1 else None
+            return ScanSize(file, nproj=int(dset.shape[0]), nbytes=nbytes, ntheta=ntheta,
+                            planned=_planned(fh.get(PLANNED_PATH)))
     except (OSError, KeyError, ValueError, RuntimeError) as exc:
         return ScanSize(file, nbytes=nbytes, error=f"unreadable: {exc}")
+
+
+THETA_PATH = "/exchange/theta"
+PLANNED_PATH = "/process/acquisition/rotation/num_angles"   # what tomoScan meant to acquire
+
+
+def _planned(ds: Any) -> Optional[int]:
+    """A positive planned projection count, or None (absent, empty or not a number)."""
+    try:
+        flat = ds[()] if ds is not None else None
+        value = int(flat.ravel()[0]) if hasattr(flat, "ravel") else int(flat) if flat is not None else None
+    except (TypeError, ValueError, IndexError, OSError, AttributeError):
+        return None
+    return value if value and value > 0 else None
 
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"

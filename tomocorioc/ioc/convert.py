@@ -183,5 +183,5 @@ class NumberText(Converter):
         return f"{value:g}" if isinstance(value, (int, float)) else str(value)
 
 
-__all__ = ["PutError", "one_line", "shown", "enum_index", "number", "text", "Converter", "Number", "Flag", "Choice", "Text",
-           "NumberText"]
+__all__ = ["PutError", "one_line", "shown", "enum_index", "number", "text", "Converter", "Number", "Flag", "Choice",
+           "Text", "NumberText"]

@@ -171,8 +171,9 @@ class Service:
                    tomolog=dict(s.tomolog))
 
     # -- operations ------------------------------------------------------------
-    def enqueue(self, paths: Iterable[str], phases: Optional[Dict[str, bool]] = None) -> List[int]:
-        """Add files (with ``phases``, else the configured phase enables); then auto-skip undersized scans.
+    def enqueue(self, paths: Iterable[str], phases: Optional[Dict[str, bool]] = None,
+                auto_skip: bool = True) -> List[int]:
+        """Add files (with ``phases``, else the configured phase enables); then auto-skip aborted scans.
 
         A file whose name is not valid UTF-8 cannot be stored, shown on a PV or
         passed on safely: it is left out with a notice (rename it), never queued.
@@ -181,7 +182,7 @@ class Service:
         if bad:
             self.notice(f"{len(bad)} file(s) not queued: the name is not valid UTF-8 (rename it): {bad[0]}")
         ids = self.queue.add(paths, phases if phases is not None else self.settings.phases)
-        if ids:
+        if ids and auto_skip:
             self.auto_skip({self.queue.row(i).series for i in ids})
         return ids
 
