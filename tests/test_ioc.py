@@ -140,7 +140,7 @@ BAD_PUTS = [
     ("Enqueue", "{data}/missing_0001.h5", True, "no such file"),
     ("Enqueue", "relative/path.h5", True, "must be absolute"),
     ("Enqueue", "{data}/*.tiff", True, "nothing matches"),
-    ("ModelPath", "/nonexistent/model.pt", True, "no such file"),
+    ("ModelPath", "/nonexistent/model.pt", True, "outside the model roots"),
     ("Selected:Cor", "50", False, "no file selected"),
     ("RemoveSelected", "1", False, "no file selected"),
     ("SelectFile", "{data}/not_queued.h5", True, "not in the queue"),

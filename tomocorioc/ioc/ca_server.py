@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -230,6 +231,10 @@ class _Base(PVGroup):
                  **kwargs: Any) -> None:
         self.controller = controller
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ioc-put")
+        # Puts whose check takes seconds (a checkpoint loaded in a worker-side process) wait on their own
+        # thread, so every other put is still answered at once.
+        self.slow_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ioc-slow-put")
+        self._autosave_lock = threading.Lock()
         # Status snapshots and the PVA table rebuild run on their own thread: a put never waits behind them.
         self.status_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ioc-status")
         self.defs = {p.name: p for p in pv_table()}
@@ -284,7 +289,8 @@ class _Base(PVGroup):
         p = self.defs[name]
         loop = asyncio.get_running_loop()
         try:
-            result = await loop.run_in_executor(self.executor, self._apply, name, value)
+            pool = self.slow_executor if name in self.controller.slow_puts else self.executor
+            result = await loop.run_in_executor(pool, self._apply, name, value)
         except PutError as exc:
             self.controller.message(str(exc))
             await self._publish({"Message": self.controller.last_message})
@@ -311,8 +317,9 @@ class _Base(PVGroup):
                 for name, v in self.controller.setting_values().items()}
         tmp = path.with_name(path.name + ".tmp")
         try:
-            tmp.write_text(json.dumps(data))
-            os.replace(tmp, path)
+            with self._autosave_lock:    # two put threads may save at once: one temp file at a time
+                tmp.write_text(json.dumps(data))
+                os.replace(tmp, path)
         except OSError as exc:   # a full or read-only disk: the settings are in the state store all the same
             text = f"autosave failed: {exc.strerror or exc} ({path.parent})"
             if text != self._autosave_error:
@@ -324,6 +331,7 @@ class _Base(PVGroup):
     def close(self, wait: bool = False) -> None:
         """Stop the put and status threads (after the server stopped)."""
         self.executor.shutdown(wait=wait)
+        self.slow_executor.shutdown(wait=wait)
         self.status_executor.shutdown(wait=wait)
 
     async def save_now(self) -> None:

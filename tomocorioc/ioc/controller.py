@@ -85,6 +85,7 @@ class Controller:
         self.selected: Optional[int] = None
         self.row_offset = 0
         self.last_message = ""
+        self.slow_puts = frozenset({"ModelPath"})   # checked in another process: seconds, on their own thread
         # The few PVs whose put does more than set a bound setting; every other setting PV is generic.
         self.handlers: Dict[str, Handler] = {
             "Gpus": self._put_gpus, "ModelPath": self._put_model, "AutoTrigger": self._put_auto_trigger,

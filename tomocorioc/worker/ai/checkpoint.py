@@ -50,6 +50,12 @@ def _read(path: Path) -> object:
     """torch.load with weights_only=True, translating failures into CheckpointError."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} is not a file")
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    # torch.save writes a zip archive (or, before torch 1.6, a pickle stream opening with PROTO 0x80); anything
+    # else would reach the unpickler and be reported as "pickled Python objects", which misleads.
+    if not (zipfile.is_zipfile(path) or head[:1] == b"\x80"):
+        raise CheckpointError(f"{path} is not a torch checkpoint (neither a zip archive nor a pickle)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
