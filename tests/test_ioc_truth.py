@@ -92,7 +92,7 @@ def test_absent_cor_reads_nan_with_invalid_severity(site: Site) -> None:
         r = ioc.tool("caget", "-d", "DBR_CTRL_DOUBLE", ioc.pv(name))
         assert r.returncode == 0, r.stderr
         assert "INVALID" in r.stdout and "nan" in r.stdout.lower(), r.stdout
-    import epics   # after _ioc (the CA address list); pyepics' view of the same alarm
+    import epics  # after _ioc (the CA address list); pyepics' view of the same alarm
     pv = epics.PV(ioc.pv("Selected:Cor"), form="ctrl")
     try:
         assert pv.wait_for_connection(10)
