@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -222,3 +223,22 @@ def test_conversion_refusals_are_explained(site: Site) -> None:
     r = ioc.caput("ModelPath", "/x/y.pt")     # a long string written without -S
     assert r.returncode != 0
     ioc.wait_for("Message", lambda m: "ModelPath" in m and "caput -S" in m, timeout=10)
+
+
+def test_workers_run_below_the_ioc_priority(site: Site) -> None:
+    """serve --worker-nice (default 10): jobs never starve the IOC's answers of CPU."""
+    ioc, _, _ = site
+    children = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == ioc.proc.pid:      # field 4 of stat: the parent pid
+                children.append(int(d.name))
+    workers = [pid for pid in children if "tomocorioc" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(
+        errors="replace") or "multiprocessing" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")]
+    assert workers, children
+    assert os.getpriority(os.PRIO_PROCESS, ioc.proc.pid) == 0
+    assert all(os.getpriority(os.PRIO_PROCESS, pid) == 10 for pid in workers)

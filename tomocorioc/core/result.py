@@ -13,6 +13,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
+# Environment variable giving the CPU niceness of worker processes (set by serve --worker-nice).
+WORKER_NICE_ENV = "TOMOCORIOC_WORKER_NICE"
+
 
 def _known(cls: Any, d: Mapping[str, Any]) -> Dict[str, Any]:
     names = {f.name for f in dataclasses.fields(cls)}

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import List
 
 from tomocorioc.core.pathmap import check_cluster_options
+from tomocorioc.core.result import WORKER_NICE_ENV
 from tomocorioc.ioc.pvdefs import DEFAULT_PREFIX
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,9 @@ def add_serve_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--path-map", action="append", default=[], metavar="IOC=WORKER",
                     help="a data prefix on this host and where the workers mount it, e.g. /data=/mnt/data (repeat)")
     ap.add_argument("--no-pva", action="store_true", help="serve Channel Access only")
+    ap.add_argument("--worker-nice", type=int, default=10, choices=range(0, 20), metavar="0..19",
+                    help="CPU niceness of the local worker processes, so the IOC answers promptly while they "
+                         "work (default %(default)s; 0: same priority as the IOC)")
     ap.add_argument("--watch", action="append", type=Path, default=[], metavar="DIR",
                     help="queue new scan files appearing in DIR (repeat; must be under a data root)")
     ap.add_argument("--watch-poll", action="store_true",
@@ -102,6 +106,7 @@ async def _serve(args: argparse.Namespace, interfaces: List[str]) -> int:
 
     state = args.state.resolve()
     state.mkdir(parents=True, exist_ok=True)
+    os.environ[WORKER_NICE_ENV] = str(args.worker_nice)    # the workers' spawn inherits it
     runner = {"backend": args.backend, "tomocupy": args.tomocupy, "device": args.device}
     # Start-up order: the stored state, then autosave (through the validated put path), then the
     # command line on top (it wins: --gpus over an autosaved Gpus), and only then dispatch.

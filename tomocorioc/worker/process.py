@@ -18,8 +18,10 @@ import time
 import traceback
 from typing import Any, Callable, Dict
 
-from tomocorioc.core.result import Job, PhaseResult, as_result
+from tomocorioc.core.result import WORKER_NICE_ENV, Job, PhaseResult, as_result
 from tomocorioc.data.errors import DatasetError, ReconError
+
+log = logging.getLogger(__name__)
 
 Runner = Callable[[Job], PhaseResult]
 
@@ -58,6 +60,26 @@ def run_job(runner: Runner, job: Job) -> PhaseResult:
     return result.with_seconds(time.perf_counter() - t0)
 
 
+def lower_priority(nice: int) -> None:
+    """Run this worker at a lower CPU priority than the IOC, so puts and monitors stay prompt under load.
+
+    The worker is a session leader (setsid), and with the kernel's autogroup
+    scheduling each session shares the CPU as a group, whatever its members'
+    nice values; so the session's autogroup is lowered too (where it exists).
+    """
+    if nice <= 0:
+        return
+    try:
+        os.nice(nice)
+    except OSError as exc:
+        log.debug("nice %d refused: %s", nice, exc)
+    try:
+        with open("/proc/self/autogroup", "w") as fh:
+            fh.write(str(min(nice, 19)))
+    except OSError:
+        pass   # no autogroup scheduling here (or not Linux): the process nice value is all there is
+
+
 def worker_main(conn, slot: str, env: Dict[str, str], factory_spec: str, config: Dict[str, Any],
                 log_level: int = logging.WARNING) -> None:
     """Process entry point: handshake, then answer jobs until told to stop."""
@@ -67,6 +89,7 @@ def worker_main(conn, slot: str, env: Dict[str, str], factory_spec: str, config:
         pass  # already a session leader
     _die_with_parent(os.getppid())
     os.environ.update(env)  # before the runner imports torch: CUDA_VISIBLE_DEVICES must win
+    lower_priority(int(os.environ.get(WORKER_NICE_ENV, "0") or 0))
     logging.basicConfig(level=log_level, format=f"%(levelname)s [{slot}] %(name)s: %(message)s")
     try:
         runner = load_factory(factory_spec)(config)
