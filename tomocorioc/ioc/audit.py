@@ -105,11 +105,25 @@ class AuditLog:
                 return
 
     def _write(self, entries: List[Dict[str, Any]]) -> None:
-        text = "".join(json.dumps(e, separators=(",", ":"), default=str) + "\n" for e in entries)
+        lines = [json.dumps(e, separators=(",", ":"), default=str) + "\n" for e in entries]
         try:
-            self._rotate_if_needed(len(text))
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(text)
+            try:
+                size = self.path.stat().st_size
+            except FileNotFoundError:
+                size = 0
+            f = open(self.path, "a", encoding="utf-8")
+            try:
+                for line in lines:
+                    n = len(line.encode("utf-8"))
+                    if size and size + n > self.max_bytes:   # rotate between lines: no file grows past the bound
+                        f.close()
+                        self._rotate()
+                        f = open(self.path, "a", encoding="utf-8")
+                        size = 0
+                    f.write(line)
+                    size += n
+            finally:
+                f.close()
         except OSError as exc:   # a full disk must not stop puts: one log line per distinct error
             msg = f"audit trail not written ({self.path}): {exc.strerror or exc}"
             if msg != self._error:
@@ -118,13 +132,7 @@ class AuditLog:
             return
         self._error = ""
 
-    def _rotate_if_needed(self, adding: int) -> None:
-        try:
-            size = self.path.stat().st_size
-        except FileNotFoundError:
-            return
-        if size + adding <= self.max_bytes or size == 0:
-            return
+    def _rotate(self) -> None:
         for n in range(self.backups - 1, 0, -1):
             older = self.path.with_name(f"{self.path.name}.{n}")
             if older.exists():
