@@ -142,7 +142,8 @@ def test_audit_command_filters_by_pv_and_time(tmp_path: Path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     out = subprocess.run(run + ["--pv", "Abort"], capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.count("\n") == 1 and "nobody@h1 T:Abort = 1: denied (no write access (ASG COMMANDS))" in out.stdout
+    assert out.stdout.count("\n") == 1
+    assert "nobody@h1 T:Abort = 1: denied (no write access (ASG COMMANDS))" in out.stdout
     out = subprocess.run(run + ["--since", "1h"], capture_output=True, text=True, timeout=60, env=env)
     assert out.stdout.count("\n") == 2
     out = subprocess.run(run + ["--since", "2999-01-01"], capture_output=True, text=True, timeout=60, env=env)
@@ -273,6 +274,26 @@ def test_another_host_is_denied_exactly_its_groups_even_when_it_ignores_its_righ
     assert OUTSIDER in acf_ioc.wait_for("AuditLast", lambda v: OUTSIDER in v, timeout=10)
 
 
+def test_field_names_and_pvs_outside_the_table_are_no_back_door(acf_ioc: IOC):
+    """'PV.VAL' is the same channel with the same rights; the only served PV not in the table is read-only."""
+    from caproto import AccessRights
+
+    from tomocorioc.ioc.ca_server import build_group
+    ctx = _caproto_context(OUTSIDER)
+    try:
+        pv, = ctx.get_pvs(acf_ioc.pv("Gpus.VAL"), timeout=10)
+        pv.wait_for_connection(timeout=20)
+        assert pv.channel.access_rights == AccessRights.READ
+    finally:
+        ctx.disconnect()
+
+    class NoController:
+        """build_group only keeps a reference to its controller."""
+    group = build_group("X:", NoController(), None)
+    extra = {name: inst for name, inst in group.pvdb.items() if name[2:] not in {p.name for p in pv_table()}}
+    assert extra and all(inst.check_access("h", "u") == AccessRights.READ for inst in extra.values())
+
+
 def test_reload_changes_the_rights_of_a_connected_client(acf_ioc: IOC):
     """ReloadAcf sends new rights to channels already connected (no reconnect); a bad file keeps the old rules."""
     from caproto import AccessRights
@@ -313,6 +334,28 @@ def test_pva_channels_are_read_only(acf_ioc: IOC):
             assert ctx.get(acf_ioc.pv(name), timeout=10)["descriptor"] == before["descriptor"]
     finally:
         ctx.close()
+
+
+def test_check_ip_matches_hosts_by_address_not_by_the_reported_name(tmp_path: Path):
+    """serve --acf-check-ip: the client's claimed host name is ignored; its address (127.0.0.1) is matched
+    against the HAG names resolved at load ('localhost' in the example's consoles)."""
+    from caproto import AccessRights
+    (tmp_path / "data").mkdir()
+    acf = tmp_path / "t.acf"
+    acf.write_text(with_test_identities())
+    ioc = IOC(tmp_path, tmp_path / "data", extra=["--acf", str(acf), "--acf-check-ip"]).start()
+    ctx = _caproto_context(OUTSIDER)
+    try:
+        pv, = ctx.get_pvs(ioc.pv("Resume"), timeout=10)
+        pv.wait_for_connection(timeout=20)
+        assert pv.channel.access_rights == AccessRights.READ | AccessRights.WRITE   # COMMANDS: a console
+        pv.write([0], wait=True, timeout=10)
+        assert "(hosts matched by address)" in ioc.log()
+    finally:
+        ctx.disconnect()
+        ioc.terminate()
+    entry = [e for e in read_entries(ioc.state) if e["pv"].endswith(":Resume")]
+    assert entry and entry[-1]["host"] == "127.0.0.1" and entry[-1]["outcome"] == "accepted"
 
 
 def test_read_only_mode_denies_every_put(tmp_path: Path):

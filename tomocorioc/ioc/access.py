@@ -32,11 +32,10 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
 import numpy as np
-from caproto import AccessRights, ChannelType
-from caproto import AccessRightsResponse
+from caproto import AccessRights, AccessRightsResponse, ChannelType
 
 from tomocorioc.core.acf import Access, AccessConfig, AcfError, parse_acf
-from tomocorioc.ioc.audit import AuditLog, bounded, summary
+from tomocorioc.ioc.audit import AuditLog, bounded
 from tomocorioc.ioc.convert import PutError
 from tomocorioc.ioc.pvdefs import PVDef
 

@@ -254,4 +254,5 @@ def settings_pvs() -> List[PVDef]:
 
 
 __all__ = ["PVDef", "Kind", "Role", "bound", "pv_table", "by_name", "settings_pvs", "MAX_SLOTS", "PAGE_ROWS",
-           "LONG_STRING", "DEFAULT_PREFIX", "ASGS", "ROW_STATUSES", "ROW_SEVERITY", "COR_METHOD_LABELS", "BINNING_LABELS"]
+           "LONG_STRING", "DEFAULT_PREFIX", "ASGS", "ROW_STATUSES", "ROW_SEVERITY", "COR_METHOD_LABELS",
+           "BINNING_LABELS"]
