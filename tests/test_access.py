@@ -338,11 +338,11 @@ def test_pva_channels_are_read_only(acf_ioc: IOC):
 
 def test_check_ip_matches_hosts_by_address_not_by_the_reported_name(tmp_path: Path):
     """serve --acf-check-ip: the client's claimed host name is ignored; its address (127.0.0.1) is matched
-    against the HAG names resolved at load ('localhost' in the example's consoles)."""
+    against the HAG names resolved at load (here 'localhost', added to the example's consoles)."""
     from caproto import AccessRights
     (tmp_path / "data").mkdir()
     acf = tmp_path / "t.acf"
-    acf.write_text(with_test_identities())
+    acf.write_text(with_test_identities().replace("HAG(consoles) {", "HAG(consoles) { localhost,"))
     ioc = IOC(tmp_path, tmp_path / "data", extra=["--acf", str(acf), "--acf-check-ip"]).start()
     ctx = _caproto_context(OUTSIDER)
     try:
