@@ -129,7 +129,7 @@ class AccessControl:
                              flags: int = 0, user_address: Any = None) -> Any:
             old = inst.value
             who = {"host": hostname, "user": username, "address": user_address[0] if user_address else None,
-                   "pv": inst.pvname, "asg": p.asg, "old": bounded(old)}
+                   "pv": inst.pvname, "name": p.name, "asg": p.asg, "old": bounded(old)}
             if AccessRights.WRITE not in self.rights(p, hostname, username):
                 why = "read-only mode" if self.read_only else f"no write access (ASG {p.asg})"
                 self._record({**who, "new": wire_value(data, data_type), "outcome": "denied", "reason": why})

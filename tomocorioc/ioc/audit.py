@@ -175,8 +175,7 @@ def read_entries(state: Path, since: Optional[datetime] = None, pv: Optional[str
                 except ValueError:
                     log.warning("%s:%d: not a JSON line; skipped", path, n)
                     continue
-                if pv and e.get("pv") != pv and not str(e.get("pv", "")).endswith(":" + pv) \
-                        and e.get("name") != pv:
+                if pv and pv not in (e.get("pv"), e.get("name")):
                     continue
                 if since is not None:
                     try:
