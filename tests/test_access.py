@@ -114,7 +114,8 @@ def test_every_pv_names_a_group_and_the_template_carries_it():
 def test_audit_file_is_bounded_and_rotates(tmp_path: Path):
     log = AuditLog(tmp_path / "audit.jsonl", max_bytes=2000, backups=2)
     for i in range(60):
-        log.record({"pv": f"T:PV{i % 3}", "name": f"PV{i % 3}", "user": "u", "host": "h", "new": "x" * 40, "outcome": "accepted"})
+        log.record({"pv": f"T:PV{i % 3}", "name": f"PV{i % 3}", "user": "u", "host": "h", "new": "x" * 40,
+                    "outcome": "accepted"})
     log.flush()
     log.close()
     files = sorted(p.name for p in tmp_path.iterdir())
@@ -134,9 +135,10 @@ def test_long_values_are_kept_whole_up_to_a_bound(tmp_path: Path):
 
 def test_audit_command_filters_by_pv_and_time(tmp_path: Path):
     log = AuditLog(tmp_path / "audit.jsonl")
-    log.record({"pv": "T:Abort", "name": "Abort", "user": "nobody", "host": "h1", "old": 0, "new": 1, "outcome": "denied",
-                "reason": "no write access (ASG COMMANDS)"})
-    log.record({"pv": "T:Start", "name": "Start", "user": "root", "host": "h2", "old": 0, "new": 1, "outcome": "accepted"})
+    log.record({"pv": "T:Abort", "name": "Abort", "user": "nobody", "host": "h1", "old": 0, "new": 1,
+                "outcome": "denied", "reason": "no write access (ASG COMMANDS)"})
+    log.record({"pv": "T:Start", "name": "Start", "user": "root", "host": "h2", "old": 0, "new": 1,
+                "outcome": "accepted"})
     log.close()
     run = [sys.executable, "-m", "tomocorioc", "audit", "--state", str(tmp_path)]
     env = dict(os.environ, PYTHONPATH=str(REPO))
