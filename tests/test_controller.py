@@ -378,11 +378,21 @@ def test_cross_field_rules_refuse_a_put_whole(ctl: Controller, svc: Service):
     assert svc.settings.params.search_width == 2.0 and svc.settings.params.search_step == 0.5
 
 
-@pytest.mark.xfail(strict=True, reason="library gap: core/tomolog_settings.py says 'the IOC checks a put against "
-                   "them' but the TomoLog PVs are free text into the settings' tomolog dict; a bad cloud service is "
-                   "accepted and only fails in the worker's tomolog phase")
 def test_tomolog_cloud_service_is_checked_at_put(ctl: Controller):
     refused(ctl, "TomoLogCloud", "dropbox", "cloud_service")
+    refused(ctl, "TomoLogBeamline", "99-id", "beamline must be one of")
+    assert ctl.put("TomoLogCloud", " APS ") == "aps" and ctl.put("TomoLogBeamline", "2-BM") == "2-bm"
+
+
+def test_tomolog_url_is_confined_to_the_allowed_prefixes(ctl: Controller, svc: Service):
+    """serve --tomolog-allow: a presentation outside the prefixes is refused and the setting keeps its value."""
+    mine = "https://docs.google.com/presentation/d/beamline2bm/edit"
+    ctl.tomolog_allow = ("https://docs.google.com/presentation/d/beamline2bm",)
+    assert ctl.put("TomoLogUrl", mine) == mine
+    refused(ctl, "TomoLogUrl", "https://docs.google.com/presentation/d/attacker/edit", "not under an allowed prefix")
+    refused(ctl, "TomoLogUrl", "https://evil.example/presentation/x", "must look like")
+    assert svc.settings.tomolog["presentation_url"] == mine
+    assert ctl.put("TomoLogUrl", "") == ""
 
 
 # -- command PVs --------------------------------------------------------------------------
@@ -475,6 +485,12 @@ def case_remove_selected(ctl: Controller, svc: Service, data: Path, ids: List[in
     refused(ctl, "RemoveSelected", 1, "cannot remove a running row")
 
 
+def case_reload_acf(ctl: Controller, svc: Service, data: Path, ids: List[int]) -> None:
+    refused(ctl, "ReloadAcf", 1, "access security is off")   # no serve --acf: nothing to reload
+    ctl.reload_acf = lambda: "access security reloaded from x.acf"
+    assert ctl.put("ReloadAcf", 1) == 0 and svc.messages[-1] == "access security reloaded from x.acf"
+
+
 def case_enqueue(ctl: Controller, svc: Service, data: Path, ids: List[int]) -> None:
     path = scan(data, "t_0001.h5")
     assert ctl.put("Enqueue", path) == path
@@ -485,7 +501,7 @@ def case_enqueue(ctl: Controller, svc: Service, data: Path, ids: List[int]) -> N
 COMMAND_CASES: Dict[str, Callable[[Controller, Service, Path, List[int]], None]] = {
     "Enqueue": case_enqueue, "Start": case_start, "Abort": case_abort, "Pause": case_pause, "Resume": case_resume,
     "FixOutliers": case_fix_outliers, "RetryFailed": case_retry_failed, "ClearDone": case_clear_done,
-    "ApplyParams": case_apply_params, "RemoveSelected": case_remove_selected,
+    "ApplyParams": case_apply_params, "RemoveSelected": case_remove_selected, "ReloadAcf": case_reload_acf,
 }
 
 

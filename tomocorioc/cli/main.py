@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     scr.add_argument("--check", action="store_true", help="only compare; exit 1 when the files differ")
     scr.set_defaults(func=_cmd_gen_screens)
 
+    aud = sub.add_parser("audit", help="print the IOC's audit trail of puts (who changed what, accepted or not)")
+    from tomocorioc.cli.audit import add_audit_arguments, run_audit
+    add_audit_arguments(aud)
+    aud.set_defaults(func=run_audit)
+
     demo = sub.add_parser("demo", help="live demo: the IOC and a simulated tomoScan on loopback, a short series")
     from tomocorioc.cli.demo import add_demo_arguments
     add_demo_arguments(demo)

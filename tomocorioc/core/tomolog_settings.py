@@ -144,4 +144,39 @@ class TomoLogSettings:
         return cls(**known)
 
 
-__all__ = ["TomoLogSettings", "CLOUD_SERVICES", "BEAMLINES"]
+def check_cloud_service(value: Optional[str]) -> Optional[str]:
+    """A put to TomoLogCloud: one of :data:`CLOUD_SERVICES` (lower-cased) or blank (TomoLog's default)."""
+    if _blank(value):
+        return None
+    cs = str(value).strip().lower()
+    if cs not in CLOUD_SERVICES:
+        raise ValueError(f"cloud_service must be one of {', '.join(CLOUD_SERVICES)}, got {value!r}")
+    return cs
+
+
+def check_beamline(value: Optional[str]) -> Optional[str]:
+    """A put to TomoLogBeamline: one of :data:`BEAMLINES` (``None`` = generic slide) or blank."""
+    if _blank(value):
+        return None
+    bl = str(value).strip().lower()
+    bl = "None" if bl == "none" else bl
+    if bl not in BEAMLINES:
+        raise ValueError(f"beamline must be one of {', '.join(BEAMLINES)}, got {value!r}")
+    return bl
+
+
+def check_presentation_url(url: Optional[str], allow: Tuple[str, ...]) -> Optional[str]:
+    """A put to TomoLogUrl: blank, or a Slides URL starting with one of ``allow`` (any Slides URL when empty)."""
+    if _blank(url):
+        return None
+    u = str(url).strip()
+    if not _SLIDES_URL.search(u):
+        raise ValueError(f"presentation_url must look like https://docs.google.com/presentation/d/<id>/edit, got {u!r}")
+    if allow and not any(u.startswith(prefix) for prefix in allow):
+        raise ValueError(f"presentation_url {u!r} is not under an allowed prefix (serve --tomolog-allow): "
+                         + ", ".join(allow))
+    return u
+
+
+__all__ = ["TomoLogSettings", "CLOUD_SERVICES", "BEAMLINES", "check_cloud_service", "check_beamline",
+           "check_presentation_url"]

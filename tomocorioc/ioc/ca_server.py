@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from caproto import AlarmSeverity, AlarmStatus, ChannelType
+from caproto import AlarmSeverity, AlarmStatus, ChannelType, HostNameRequest
 from caproto.asyncio.server import Context, VirtualCircuit
 from caproto.server import PVGroup, SubGroup, pvproperty
 from caproto.server.autosave import AutosaveHelper, RotatingFileManager, autosaved
@@ -43,7 +43,17 @@ class RobustCircuit(VirtualCircuit):
     loop and from the subscription task itself; the stock code then awaited
     the cancellation of the very task it ran in ('await wasn't used with
     future').  The first caller takes the task; a task never awaits itself.
+
+    With ``serve --acf-check-ip`` the client's host name, for access security,
+    is its address, not the name it reports (EPICS' asCheckClientIP).
     """
+
+    async def _process_command(self, command: Any) -> Any:
+        if getattr(self.context, "host_by_address", False):
+            self.client_hostname = self.circuit.address[0]
+            if isinstance(command, HostNameRequest):
+                return []
+        return await super()._process_command(command)
 
     async def _on_disconnect(self) -> None:
         task, self._sub_task = self._sub_task, None
@@ -327,6 +337,15 @@ class _Base(PVGroup):
                 self._autosave_error = text
             return
         self._autosave_error = ""
+
+    @property
+    def pv_instances(self) -> Dict[str, Any]:
+        """PV name (without prefix) -> its caproto instance (for the access checks)."""
+        return dict(self._props)
+
+    def publish_soon(self, values: Dict[str, Any]) -> None:
+        """Publish ``values`` from the event loop without waiting (the audit's AuditLast)."""
+        asyncio.ensure_future(self._publish(values))
 
     def close(self, wait: bool = False) -> None:
         """Stop the put and status threads (after the server stopped)."""

@@ -14,11 +14,12 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from tomocorioc.core.jobs import Row, valid_cor
 from tomocorioc.core.queue import QueueError
 from tomocorioc.core.spec import get_path
+from tomocorioc.core.tomolog_settings import check_beamline, check_cloud_service, check_presentation_url
 from tomocorioc.data.errors import DatasetError
 from tomocorioc.data.scansize import scan_shape
 from tomocorioc.ioc.convert import PutError, enum_index, number, one_line, text
@@ -86,6 +87,8 @@ class Controller:
         self.row_offset = 0
         self.last_message = ""
         self.slow_puts = frozenset({"ModelPath"})   # checked in another process: seconds, on their own thread
+        self.tomolog_allow: Tuple[str, ...] = ()           # TomoLogUrl prefixes (serve --tomolog-allow); () = any
+        self.reload_acf: Optional[Callable[[], str]] = None  # ReloadAcf's action (serve --acf)
         # The few PVs whose put does more than set a bound setting; every other setting PV is generic.
         self.handlers: Dict[str, Handler] = {
             "Gpus": self._put_gpus, "ModelPath": self._put_model, "AutoTrigger": self._put_auto_trigger,
@@ -94,7 +97,10 @@ class Controller:
             "Pause": self._cmd(self._pause), "Resume": self._cmd(self._resume),
             "FixOutliers": self._cmd(self._fix_outliers), "RetryFailed": self._cmd(self._retry_failed),
             "ClearDone": self._cmd(self._clear_done), "ApplyParams": self._cmd(self._apply_params),
-            "RemoveSelected": self._cmd(self._remove_selected),
+            "RemoveSelected": self._cmd(self._remove_selected), "ReloadAcf": self._cmd(self._reload_acf),
+            # Confined destinations: checked at put time, not when the TomoLog phase runs.
+            "TomoLogUrl": self._checked(lambda v: check_presentation_url(v, tuple(self.tomolog_allow))),
+            "TomoLogCloud": self._checked(check_cloud_service), "TomoLogBeamline": self._checked(check_beamline),
         }
 
     # -- puts ----------------------------------------------------------------------
@@ -212,6 +218,12 @@ class Controller:
             s = self.service.settings
             self.trigger.set_tomoscan(s.tomoscan_prefix if s.auto_trigger and s.tomoscan_prefix else None)
 
+    def _checked(self, check: Callable[[Any], Any]) -> Handler:
+        """A bound setting whose converted value must pass ``check`` (ValueError: refused) before it is set."""
+        def handler(p: PVDef, value: Any) -> Any:
+            return self._set(p, check(p.conv.to_setting(p, value)))
+        return handler
+
     # -- commands ------------------------------------------------------------------------
     def _put_enqueue(self, p: PVDef, value: Any) -> str:
         path = text(p, value)
@@ -230,6 +242,11 @@ class Controller:
                 self.message(action())
             return 0
         return handler
+
+    def _reload_acf(self) -> str:
+        if self.reload_acf is None:
+            raise PutError("ReloadAcf: access security is off (serve --acf FILE)")
+        return self.reload_acf()
 
     def _start(self) -> str:
         n = self.service.start_queue()

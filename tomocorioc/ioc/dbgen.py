@@ -25,7 +25,7 @@ def _q(v: object) -> str:
 
 
 def _fields(p: PVDef) -> List[tuple]:
-    f: List[tuple] = [("DESC", p.desc)]
+    f: List[tuple] = [("DESC", p.desc), ("ASG", p.asg)]   # ASG: what serve --acf enforces for this PV
     k = p.kind
     if k in (Kind.BI, Kind.BO):
         f += [("ZNAM", p.enums[0]), ("ONAM", p.enums[1])]

@@ -7,12 +7,19 @@
 
 Image files are read off the event loop (the caller runs :meth:`poll` in a
 helper thread); everything here only reads the outputs the workers wrote.
+
+The three channels are read-only to clients: pvapy's server accepts a client's
+put on any record unless the record has an access-security group, so each is
+added in a group whose only rule is READ (a ``pvput`` fails with "put is not
+allowed"); the IOC itself still updates them.
 """
 from __future__ import annotations
 
 import json
 import logging
 import math
+import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -32,6 +39,8 @@ _QUEUE_TYPES = {"file": pva.STRING, "series": pva.STRING, "status": pva.STRING, 
                 "needs_review": pva.BOOLEAN, "enabled": pva.BOOLEAN, "error": pva.STRING, "updated": pva.STRING}
 _SCORE_TYPES = {"center": pva.DOUBLE, "score": pva.DOUBLE, "chosen": pva.BOOLEAN}
 NTTABLE = "epics:nt/NTTable:1.0"
+READ_ONLY_ASG = "TOMOCOR_READ_ONLY"
+_READ_ONLY_ACF = f"ASG(DEFAULT) {{ RULE(1, READ) }}\nASG({READ_ONLY_ASG}) {{ RULE(1, READ) }}\n"
 
 
 def nttable(types: Dict[str, Any], columns: Dict[str, List[Any]], descriptor: str = "") -> pva.PvObject:
@@ -109,13 +118,25 @@ class PvaPublisher:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.server = pva.PvaServer()
+        self._read_only_rules()
         self.names = {k: prefix + k for k in ("Queue", "Preview", "Scores")}
-        self.server.addRecord(self.names["Queue"], nttable(_QUEUE_TYPES, {}, "tomocorioc queue"))
-        self.server.addRecord(self.names["Preview"], ntndarray(np.zeros((1, 1), np.float32), 0, "no image yet"))
-        self.server.addRecord(self.names["Scores"], nttable(_SCORE_TYPES, {}, "no scores yet"))
+        for key, obj in (("Queue", nttable(_QUEUE_TYPES, {}, "tomocorioc queue")),
+                         ("Preview", ntndarray(np.zeros((1, 1), np.float32), 0, "no image yet")),
+                         ("Scores", nttable(_SCORE_TYPES, {}, "no scores yet"))):
+            self.server.addRecordWithAs(self.names[key], obj, 1, READ_ONLY_ASG)
         self._queue_uid = -1
         self._seq = 0
         self._image_uid = 0
+
+    def _read_only_rules(self) -> None:
+        """Load the one-group access-security file (pvapy reads it from a file, once)."""
+        fd, path = tempfile.mkstemp(prefix="tomocorioc-pva-", suffix=".acf")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(_READ_ONLY_ACF)
+            self.server.initAs(path, "")
+        finally:
+            os.unlink(path)
 
     def poll(self, service: ServiceAPI) -> None:
         """Publish what changed since the last call (run in a helper thread)."""

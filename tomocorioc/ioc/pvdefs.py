@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Tuple
 
 from tomocorioc.core.params import COR_METHODS, FILTERS, METRICS
@@ -71,6 +71,12 @@ class Role(str, enum.Enum):
     SELECT = "select"      # per-file access by scripts/screens; never autosaved
 
 
+# Access-security groups (EPICS ASG): what a site's ACF file grants per group (see core/acf.py).
+ASGS = ("DEFAULT", "SETTINGS", "COMMANDS", "ADMIN")
+# The group of a PV that names none, by role: status DEFAULT, settings SETTINGS, the rest COMMANDS.
+_ROLE_ASG = {"status": "DEFAULT", "setting": "SETTINGS", "command": "COMMANDS", "select": "COMMANDS"}
+
+
 @dataclass(frozen=True)
 class PVDef:
     """One PV: record kind, role, default, limits and description."""
@@ -87,6 +93,7 @@ class PVDef:
     prec: int = 0
     setting: Optional[str] = None          # dotted path into ServiceSettings (Role.SETTING PVs)
     conv: Optional[Converter] = None       # PV value <-> setting value
+    asg: Optional[str] = None              # access-security group (None: by role, see ASGS)
 
     @property
     def autosave(self) -> bool:
@@ -100,27 +107,27 @@ class PVDef:
             raise ValueError(f"{self.name}: enum record without states")
         if (self.setting is None) != (self.conv is None):
             raise ValueError(f"{self.name}: a bound PV needs both setting and conv")
+        if self.asg is None:
+            object.__setattr__(self, "asg", _ROLE_ASG[self.role.value])
+        if self.asg not in ASGS:
+            raise ValueError(f"{self.name}: unknown access-security group {self.asg!r} (one of {', '.join(ASGS)})")
 
 
 def bound(name: str, kind: Kind, setting: str, conv: Converter, desc: str = "", *,
-          enums: Tuple[str, ...] = (), prec: int = 0) -> PVDef:
+          enums: Tuple[str, ...] = (), prec: int = 0, asg: Optional[str] = None) -> PVDef:
     """A setting PV driving ``setting``: default, limits, units (and DESC unless given) from its spec."""
     spec = spec_at(ServiceSettings(), setting)
     p = PVDef(name, kind, Role.SETTING, desc or spec.doc, None, enums, spec.lo, spec.hi, spec.units, prec,
-              setting, conv)
-    return _with_default(p, conv.to_pv(p, spec.default))
-
-
-def _with_default(p: PVDef, default: Any) -> PVDef:
-    return PVDef(p.name, p.kind, p.role, p.desc, default, p.enums, p.lo, p.hi, p.units, p.prec, p.setting, p.conv)
+              setting, conv, asg)
+    return replace(p, default=conv.to_pv(p, spec.default))
 
 
 def _b(name: str, role: Role, desc: str, znam: str, onam: str, default: int = 0, out: bool = True) -> PVDef:
     return PVDef(name, Kind.BO if out else Kind.BI, role, desc, default, (znam, onam))
 
 
-def _cmd(name: str, desc: str, label: str) -> PVDef:
-    return PVDef(name, Kind.BO, Role.COMMAND, desc, 0, ("Done", label))
+def _cmd(name: str, desc: str, label: str, asg: Optional[str] = None) -> PVDef:
+    return PVDef(name, Kind.BO, Role.COMMAND, desc, 0, ("Done", label), asg=asg)
 
 
 def pv_table() -> List[PVDef]:
@@ -155,24 +162,25 @@ def _table() -> Tuple[PVDef, ...]:
         bound("FbpFilter", Kind.MBBO, "params.fbp_filter", Choice(FILTERS), enums=FILTERS),
         bound("CorMethod", Kind.MBBO, "cor_method", Choice(COR_METHODS), enums=COR_METHOD_LABELS),
         bound("Metric", Kind.MBBO, "metric", Choice(METRICS), enums=METRICS),
-        bound("ModelPath", Kind.LSO, "model", Text(blank_is_none=True)),
+        bound("ModelPath", Kind.LSO, "model", Text(blank_is_none=True), asg="ADMIN"),
         bound("TryTimeout", Kind.AO, "try_timeout", Number()),
         bound("InferTimeout", Kind.AO, "infer_timeout", Number()),
         bound("FullTimeout", Kind.AO, "full_timeout", Number()),
-        bound("Gpus", Kind.STRINGOUT, "gpus", Text(blank_is_none=True, squeeze=True)),
+        bound("Gpus", Kind.STRINGOUT, "gpus", Text(blank_is_none=True, squeeze=True), asg="ADMIN"),
         bound("AutoFixOutliers", Kind.BO, "auto_fix_outliers", Flag(), enums=("No", "Yes")),
         bound("SeriesBarrier", Kind.BO, "series_barrier", Flag(), enums=("No", "Yes")),
         bound("TomoLogUrl", Kind.LSO, "tomolog.presentation_url", Text(blank_is_none=True),
-              "TomoLog presentation URL"),
+              "TomoLog presentation URL", asg="ADMIN"),
         bound("TomoLogCloud", Kind.STRINGOUT, "tomolog.cloud_service", Text(blank_is_none=True),
-              "TomoLog cloud service"),
-        bound("TomoLogBeamline", Kind.STRINGOUT, "tomolog.beamline", Text(blank_is_none=True), "TomoLog beamline"),
+              "TomoLog cloud service", asg="ADMIN"),
+        bound("TomoLogBeamline", Kind.STRINGOUT, "tomolog.beamline", Text(blank_is_none=True), "TomoLog beamline",
+              asg="ADMIN"),
         bound("TomoLogMin", Kind.STRINGOUT, "tomolog.vmin", NumberText(), "TomoLog min (blank: auto)"),
         bound("TomoLogMax", Kind.STRINGOUT, "tomolog.vmax", NumberText(), "TomoLog max (blank: auto)"),
-        bound("TomoScanPrefix", Kind.STRINGOUT, "tomoscan_prefix", Text()),
-        bound("AutoTrigger", Kind.BO, "auto_trigger", Flag(), enums=("Off", "On")),
-        bound("TriggerPhases", Kind.STRINGOUT, "trigger_phases", Text(squeeze=True)),
-        bound("TriggerTimeout", Kind.AO, "trigger_timeout", Number()),
+        bound("TomoScanPrefix", Kind.STRINGOUT, "tomoscan_prefix", Text(), asg="ADMIN"),
+        bound("AutoTrigger", Kind.BO, "auto_trigger", Flag(), enums=("Off", "On"), asg="ADMIN"),
+        bound("TriggerPhases", Kind.STRINGOUT, "trigger_phases", Text(squeeze=True), asg="ADMIN"),
+        bound("TriggerTimeout", Kind.AO, "trigger_timeout", Number(), asg="ADMIN"),
         PVDef("TriggerStatus", Kind.LSI, S, "Trigger state, last file or error", "off"),
         # -- commands
         PVDef("Enqueue", Kind.LSO, C, "Queue a file, directory or glob", ""),
@@ -186,6 +194,9 @@ def _table() -> Tuple[PVDef, ...]:
         _cmd("ApplyParams", "Selected sidecar to enabled rows", "Apply"),
         _cmd("RemoveSelected", "Remove the selected row", "Remove"),
         _b("Paused", S, "Queue paused", "Running", "Paused", out=False),
+        # -- access security (serve --acf) and the audit trail of puts
+        _cmd("ReloadAcf", "Reload the access-security file", "Reload", asg="ADMIN"),
+        PVDef("AuditLast", Kind.LSI, S, "Last put: who, what, outcome", ""),
         # -- queue status
         PVDef("QueueLength", Kind.LONGIN, S, "Rows in the queue", 0),
         PVDef("NumQueued", Kind.LONGIN, S, "Rows waiting", 0),
@@ -261,5 +272,5 @@ def settings_pvs() -> List[PVDef]:
 
 
 __all__ = ["PVDef", "Kind", "Role", "bound", "pv_table", "by_name", "settings_pvs", "MAX_SLOTS", "PAGE_ROWS",
-           "LONG_STRING", "DEFAULT_PREFIX", "ROW_STATUSES", "ROW_SEVERITY", "SHORT_STRING", "OPTIONAL_NUMBERS",
-           "optional_number", "short", "COR_METHOD_LABELS", "BINNING_LABELS"]
+           "LONG_STRING", "DEFAULT_PREFIX", "ASGS", "ROW_STATUSES", "ROW_SEVERITY", "SHORT_STRING",
+           "OPTIONAL_NUMBERS", "optional_number", "short", "COR_METHOD_LABELS", "BINNING_LABELS"]

@@ -196,6 +196,7 @@ LABELS: Dict[str, str] = {
     "Selected:Status": "Status", "Selected:Phase": "Phase", "Selected:Cor": "COR [px]", "Selected:CorSource": "Source",
     "Selected:Confidence": "Confidence", "Selected:NeedsReview": "Needs review", "Selected:Enable": "Enable",
     "Selected:Series": "Series", "Selected:Error": "Error", "RowOffset": "First row", "QueueLength": "Rows in queue",
+    "AuditLast": "Last put",
 }
 
 
@@ -271,7 +272,7 @@ def main_screen() -> Screen:
     # right column
     y = s.section(rx, 40, cw, 3, "Commands")
     s.field((rx + 4, 106, cw - 116), y, "Enqueue")
-    cmds = [p.name for p in pv_table() if p.role is Role.COMMAND and p.kind is Kind.BO]
+    cmds = [p.name for p in pv_table() if p.role is Role.COMMAND and p.kind is Kind.BO and p.asg != "ADMIN"]
     per_row = (len(cmds) + 1) // 2
     bw = (cw - 10) // per_row
     for i, name in enumerate(cmds):
@@ -347,13 +348,17 @@ def pvs_screen() -> Screen:
     s = Screen("tomoCorEPICS_PVs", "EPICS PV names", 620)
     x, w, lw = 5, 610, 170
     col, full = (x + 4, lw, 220), (x + 4, lw, w - lw - 10)
-    y = s.section(x, 40, w, 3, "IOC")
+    y = s.section(x, 40, w, 5, "IOC")
     s.label(x + 4, y, lw - 6, "PV prefix")
     s.add(Widget("text", x + lw, y, 200, H, text=MACRO, fg=TITLE_FG))
     s.field((x + 4, lw, 120), y + PITCH, "ServerRunning")
     s.field(full, y + 2 * PITCH, "Message")
+    s.field(full, y + 3 * PITCH, "AuditLast")
+    s.label(x + 4, y + 4 * PITCH, lw - 6, "Access rules")
+    for i, p in enumerate(p for p in pv_table() if p.role is Role.COMMAND and p.asg == "ADMIN"):   # ReloadAcf
+        s.button(x + lw + i * 126, y + 4 * PITCH + 2, 120, p.name)
     link = [p for p in pv_table() if p.name.startswith("TomoScan") or "Trigger" in p.name]   # the tomoScan link
-    y = s.section(x, y + 3 * PITCH + 12, w, len(link), "tomoScan link")
+    y = s.section(x, y + 5 * PITCH + 12, w, len(link), "tomoScan link")
     for p in link:
         s.field((x + 4, lw, _width(p, w - lw - 10)), y, p.name)
         y += PITCH

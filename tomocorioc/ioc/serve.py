@@ -53,6 +53,16 @@ def add_serve_arguments(ap: argparse.ArgumentParser) -> None:
                     help="queue new scan files appearing in DIR (repeat; must be under a data root)")
     ap.add_argument("--watch-poll", action="store_true",
                     help="poll the --watch folders (for network file systems where file events do not arrive)")
+    ap.add_argument("--acf", type=Path, metavar="FILE",
+                    help="EPICS access-security file (UAG/HAG/ASG rules) enforced per PV; ReloadAcf re-reads it "
+                    "(default: access security off)")
+    ap.add_argument("--acf-check-ip", action="store_true",
+                    help="match HAG hosts by the client's address (HAG names resolved at load), not the name the "
+                    "client reports")
+    ap.add_argument("--read-only", action="store_true",
+                    help="every PV read-only to every client (a mirror IOC for a control-room display)")
+    ap.add_argument("--tomolog-allow", action="append", default=[], metavar="PREFIX",
+                    help="TomoLogUrl must start with this prefix (repeat; default: any Google Slides URL)")
 
 
 def configure_network(interfaces: List[str]) -> List[str]:
@@ -97,6 +107,8 @@ def ipv4_addresses() -> List[str]:
 
 
 async def _serve(args: argparse.Namespace, interfaces: List[str]) -> int:
+    from tomocorioc.ioc.access import AccessControl
+    from tomocorioc.ioc.audit import AUDIT_FILE, AuditLog, summary
     from tomocorioc.ioc.ca_server import RobustContext, build_group, install_log_filter
     from tomocorioc.ioc.controller import Controller
     from tomocorioc.service.local import slots_for
@@ -114,6 +126,10 @@ async def _serve(args: argparse.Namespace, interfaces: List[str]) -> int:
     from tomocorioc.service.trigger.manager import TriggerManager
     controller = Controller(service, args.data_root, slot_factory=None if args.cluster else slots_for,
                             model_roots=args.model_root)
+    controller.tomolog_allow = tuple(args.tomolog_allow)
+    access = AccessControl(args.acf, args.read_only, args.acf_check_ip, AuditLog(state / AUDIT_FILE))
+    if args.acf is not None:
+        controller.reload_acf = access.reload
 
     def accept(path: str) -> str:
         return str(controller.under_roots(Path(path)))   # PutError is a ValueError: reported by the trigger
@@ -123,6 +139,7 @@ async def _serve(args: argparse.Namespace, interfaces: List[str]) -> int:
     autosave_dir = (args.autosave_dir or state / "autosave").resolve()
     autosave_file = autosave_dir / "tomoCor_settings.json"
     group = build_group(args.prefix, controller, autosave_file)
+    access.install(group.defs, group.pv_instances)
     await group.publish_settings()
     await group.autosave_helper.restore_from_file(autosave_file)
     if args.gpus is not None and not args.cluster:
@@ -149,7 +166,11 @@ async def _serve(args: argparse.Namespace, interfaces: List[str]) -> int:
                              "pass --interface ADDR (or --no-pva)") from None
     service.start()
     ctx = RobustContext(group.pvdb, interfaces)
+    ctx.host_by_address = args.acf_check_ip
     loop = asyncio.get_running_loop()
+    access.attach(ctx, loop)
+    access.on_entry = lambda entry: loop.call_soon(group.publish_soon, {"AuditLast": summary(entry)})
+    log.warning("%s", access.describe())
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -178,6 +199,8 @@ async def _serve(args: argparse.Namespace, interfaces: List[str]) -> int:
         pva_pub.stop()
     await loop.run_in_executor(None, service.stop)
     group.close()
+    if access.audit is not None:
+        access.audit.close()
     return code
 
 
@@ -197,6 +220,16 @@ def check_arguments(args: argparse.Namespace) -> None:
             slots_for(args.gpus)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if args.acf is not None:
+        from tomocorioc.core.acf import AcfError
+        from tomocorioc.ioc.access import load_acf
+        try:
+            load_acf(args.acf)
+        except AcfError as exc:
+            raise UsageError(str(exc)) from None
+    for prefix in args.tomolog_allow:
+        if not prefix.startswith("https://"):
+            raise UsageError(f"--tomolog-allow: not an https:// URL prefix: {prefix!r}")
 
 
 def run_serve(args: argparse.Namespace) -> int:
