@@ -237,8 +237,8 @@ def test_workers_run_below_the_ioc_priority(site: Site) -> None:
                 continue
             if int(fields[1]) == ioc.proc.pid:      # field 4 of stat: the parent pid
                 children.append(int(d.name))
-    workers = [pid for pid in children if "tomocorioc" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(
-        errors="replace") or "multiprocessing" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")]
+    # the slot workers (multiprocessing's spawn_main), not its resource tracker
+    workers = [pid for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
     assert workers, children
     assert os.getpriority(os.PRIO_PROCESS, ioc.proc.pid) == 0
     assert all(os.getpriority(os.PRIO_PROCESS, pid) == 10 for pid in workers)
