@@ -31,6 +31,7 @@ from tomocorioc.ioc.pvdefs import (
     PVDef,
     Role,
     by_name,
+    optional_number,
     pv_table,
 )
 
@@ -154,10 +155,12 @@ class Screen:
     def control(self, x: int, y: int, w: int, name: str, alarm: bool = False, h: int = H) -> None:
         """The widget a PV's kind calls for: menu for a writable enum, entry for other outputs, else a readback."""
         p = _def(name)
+        # A COR that does not exist yet is NaN with INVALID severity: alarm colours draw it as undefined.
+        alarm = alarm or optional_number(name)
         if p.kind.writable and p.kind.is_enum:
             self.add(Widget("menu", x, y, w, h, pv=name, bg=ENTRY_BG))
         elif p.kind.writable:
-            self.add(Widget("entry", x, y, w, h, pv=name, bg=ENTRY_BG))
+            self.add(Widget("entry", x, y, w, h, pv=name, bg=ENTRY_BG, alarm=alarm))
         else:
             self.add(Widget("update", x, y, w, h, pv=name, fg=TITLE_FG, alarm=alarm))
 
@@ -444,7 +447,8 @@ class AdlWriter:
         self.block("text update", body)
 
     def w_entry(self, w: Widget) -> None:
-        body = [self.obj(w), self.chan(w, "control")] + (['format="string"'] if w.string else []) + [("limits", [])]
+        body = [self.obj(w), self.chan(w, "control")] + (['clrmod="alarm"'] if w.alarm else [])
+        body += (['format="string"'] if w.string else []) + [("limits", [])]
         self.block("text entry", body)
 
     def w_menu(self, w: Widget) -> None:
@@ -548,6 +552,8 @@ class BobWriter:
     def w_entry(self, e: ET.Element, w: Widget) -> None:
         self._format(e, w)
         _rgb(e, "background_color", w.bg)
+        if w.alarm:
+            self.sub(e, "border_alarm_sensitive", "true")
 
     w_menu = w_entry    # a combo takes its states from the PV; only the colour is set
 
