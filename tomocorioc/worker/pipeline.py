@@ -102,9 +102,9 @@ class Pipeline:
         notes: List[str] = []
         with DXFile(path) as scan:
             geometry, overlap = double_fov.scan_geometry(scan, self.params)
-            if geometry == geo.OFFSET:
-                # The overlap of the two half turns, not Vo's 180-degree estimate.
-                estimate = overlap if overlap is not None else estimate
+            if overlap is not None:
+                # A full turn: the overlap of its two halves, not Vo's 180-degree estimate.
+                estimate = overlap
             elif estimate is None:
                 estimate = sinogram_estimate(scan, self.params)
             ncols = scan.ncols

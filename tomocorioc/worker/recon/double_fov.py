@@ -86,14 +86,22 @@ def halves(sino: np.ndarray, theta_rad: Sequence[float]) -> Tuple[np.ndarray, np
     return s[first], opposite, np.asarray(theta_rad, dtype=np.float64)[first]
 
 
-def _mismatch(direct: np.ndarray, flipped: np.ndarray, shift: int) -> float:
-    """Normalised squared difference of ``direct[:, j]`` and ``flipped[:, j - shift]`` over their overlap."""
+_EMPTY = 0.01               # an overlap with less variance than this fraction of the whole shows nothing
+
+
+def _mismatch(direct: np.ndarray, flipped: np.ndarray, shift: int, total_var: float) -> float:
+    """Normalised squared difference of ``direct[:, j]`` and ``flipped[:, j - shift]`` over their overlap.
+
+    0 is a perfect match, ~1 unrelated data; an overlap of empty beam (air
+    against air) would match perfectly and say nothing, so it scores 1.
+    """
     n = direct.shape[1]
     a = direct[:, max(0, shift):min(n, n + shift)]
     b = flipped[:, max(0, -shift):min(n, n - shift)]
-    num = float(np.mean((a - b) ** 2))
-    den = float(np.var(a) + np.var(b)) + 1e-12
-    return num / den
+    den = float(np.var(a) + np.var(b))
+    if den <= _EMPTY * total_var:
+        return 1.0
+    return float(np.mean((a - b) ** 2)) / den
 
 
 def overlap_estimate(sino: np.ndarray, theta_rad: Sequence[float]) -> Tuple[float, float]:
@@ -112,7 +120,8 @@ def overlap_estimate(sino: np.ndarray, theta_rad: Sequence[float]) -> Tuple[floa
         direct, opposite = direct[pick], opposite[pick]
     flipped = opposite[:, ::-1]
     shifts = np.arange(-(n - _MIN_OVERLAP), n - _MIN_OVERLAP + 1)
-    scores = np.array([_mismatch(direct, flipped, int(d)) for d in shifts])
+    total = float(np.var(direct) + np.var(flipped)) + 1e-30
+    scores = np.array([_mismatch(direct, flipped, int(d), total) for d in shifts])
     i = int(np.argmin(scores))
     d = float(shifts[i])
     if 0 < i < len(scores) - 1:
@@ -237,7 +246,7 @@ def estimate_from_rows(sino: np.ndarray, theta_deg: Sequence[float]) -> Optional
 
 
 def scan_geometry(scan: DXFile, params: ReconParams) -> Tuple[str, Optional[float]]:
-    """The scan's geometry and, for 360-offset, the overlap estimate of its axis (else None).
+    """The scan's geometry and, for a 360° scan, the overlap estimate of its axis (else None).
 
     ``params.geometry`` other than auto wins (a sidecar's override); auto
     reads one row only for a 360° scan, to tell centred from offset.
@@ -258,9 +267,10 @@ def scan_geometry(scan: DXFile, params: ReconParams) -> Tuple[str, Optional[floa
         log.info("%s: 360-degree scan, overlap estimate %.2f (mismatch %.3f), edges %.3f / %.3f -> %s",
                  scan.path, check.estimate, check.mismatch, *check.edge_signal,
                  "offset" if check.offset else "centred")
+    estimate = check.estimate if check is not None else None
     if want == geo.OFFSET or (check is not None and check.offset):
-        return geo.OFFSET, check.estimate if check is not None else None
-    return geo.FULL, None
+        return geo.OFFSET, estimate
+    return geo.FULL, estimate
 
 
 def geometry_for_full(path: Path, params: ReconParams) -> str:
