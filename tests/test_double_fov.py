@@ -225,3 +225,17 @@ def test_tomocupy_backend_runs_double_fov(tmp_path, monkeypatch):
     assert rec["status"] == "ok" and rec["geometry"] == "360-offset", rec
     assert a["--file-type"] == "double_fov" and abs(float(a["--rotation-axis"]) - truth["cor"]) <= 0.5
     assert a["--center-search-width"] == f"{geo.OFFSET_SEARCH_WIDTH:g}"
+
+
+def test_theta_in_radians_is_detected(tmp_path):
+    import h5py
+    assert np.allclose(geo.theta_in_degrees(np.linspace(0, np.pi, 10)), np.linspace(0, 180, 10))
+    assert np.allclose(geo.theta_in_degrees(np.linspace(0, 180, 10)), np.linspace(0, 180, 10))
+    path, truth = simulate(tmp_path, "rad", 128, "--axis-offset", 45.4)
+    with h5py.File(path, "a") as h5:
+        deg = h5["/exchange/theta"][...]
+        del h5["/exchange/theta"]
+        h5["/exchange/theta"] = np.deg2rad(deg)
+    rec = json.loads(run_cli("run", path, "--phases", "try,infer", "--json", "--backend", "torch",
+                             *NARROW).stdout)
+    assert rec["geometry"] == "360-offset" and abs(rec["cor"] - truth["cor"]) < 0.5, (rec, truth["cor"])
