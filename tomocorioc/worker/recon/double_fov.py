@@ -42,7 +42,8 @@ _MIN_OVERLAP = 8            # px of overlap the estimate needs between the two h
 _EST_ANGLES = 256           # angle pairs the estimate uses (evenly subsampled)
 _EDGE_COLS = 3              # detector columns averaged to see a sample cut by the edge
 _EDGE_FRACTION = 0.05       # ... as a fraction of the sinogram's 99th percentile
-_OFF_CENTRE = 0.1           # an offset axis is farther than this fraction of the width from the centre
+_OFF_CENTRE = 0.1           # an offset axis is farther than this fraction of the width from the centre ...
+_FAR_RATIO = 0.25           # ... or the far edge sees less than this fraction of what the near edge sees
 
 
 def _smoothstep(t: np.ndarray) -> np.ndarray:
@@ -143,15 +144,20 @@ class OffsetCheck:
 
 
 def detect_offset(sino: np.ndarray, theta_rad: Sequence[float]) -> OffsetCheck:
-    """Centred 360° or 360-offset: offset when the axis is far from the centre and its edge cuts the sample."""
+    """Centred 360° or 360-offset: offset when the edge next to the axis cuts the sample.
+
+    ... and the axis is far from the centre, or the far edge clearly less so
+    (a centred scan of a sample wider than the detector cuts it at both edges).
+    """
     s = np.asarray(sino, dtype=np.float64)
     n = s.shape[1]
     cor, mismatch = overlap_estimate(s, theta_rad)
     scale = float(np.percentile(s, 99)) or 1.0
     left = float(np.median(s[:, :_EDGE_COLS].mean(axis=1)))
     right = float(np.median(s[:, -_EDGE_COLS:].mean(axis=1)))
-    near = right if cor >= n / 2.0 else left
-    offset = abs(cor - n / 2.0) > _OFF_CENTRE * n and near > _EDGE_FRACTION * abs(scale)
+    near, far = (right, left) if cor >= n / 2.0 else (left, right)
+    off_centre = abs(cor - n / 2.0) > _OFF_CENTRE * n or far < _FAR_RATIO * near
+    offset = off_centre and near > _EDGE_FRACTION * abs(scale)
     return OffsetCheck(bool(offset), float(cor), mismatch, (left, right))
 
 
