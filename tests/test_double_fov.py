@@ -62,7 +62,7 @@ def test_geometry_names_and_spans():
 
 
 @pytest.mark.parametrize("width,offset,noise", [(128, -40.3, None), (200, 71.6, 5000), (256, -100.25, 5000),
-                                                (256, 90.7, None)])
+                                                (256, 90.7, None), (256, -12.0, 2000)])
 def test_overlap_estimate_and_detection(width, offset, noise):
     cfg = SimConfig(ncols=width, nrows=3, nproj=360, offset=offset, theta_range=360.0, half_acquisition=True,
                     seed=2)
