@@ -239,3 +239,21 @@ def test_theta_in_radians_is_detected(tmp_path):
     rec = json.loads(run_cli("run", path, "--phases", "try,infer", "--json", "--backend", "torch",
                              *NARROW).stdout)
     assert rec["geometry"] == "360-offset" and abs(rec["cor"] - truth["cor"]) < 0.5, (rec, truth["cor"])
+
+
+def test_overlap_estimate_wins_over_a_flat_score(tmp_path):
+    from tomocorioc.core.cor import CorChoice
+    from tomocorioc.worker.recon.base import TRY_META
+    choice = CorChoice(cor=209.88, grid_cor=210.0, index=3, peak_confidence=0.05, confidence=0.04,
+                       estimate=213.59, needs_review=True, notes=["sinogram estimate 213.59 disagrees by 3.71 px"])
+    (tmp_path / TRY_META).write_text(json.dumps({"geometry": "360-offset", "overlap_mismatch": 0.02}))
+    got, source = dfv.prefer_overlap(choice, "classical", tmp_path, 213.59)
+    assert source == "overlap" and got.cor == 213.59 and not got.needs_review and got.confidence > 0.8
+    assert "the overlap estimate is used" in got.notes[-1] and len(got.notes) == 1
+    close = CorChoice(cor=213.4, grid_cor=213.5, index=3, peak_confidence=0.9, confidence=0.9)
+    assert dfv.prefer_overlap(close, "classical", tmp_path, 213.59) == (close, "classical")
+    (tmp_path / TRY_META).write_text(json.dumps({"geometry": "360-offset", "overlap_mismatch": 0.6}))
+    got, _ = dfv.prefer_overlap(choice, "classical", tmp_path, 213.59)
+    assert got.needs_review and "do not match well" in got.notes[-1]
+    (tmp_path / TRY_META).write_text(json.dumps({"geometry": "180"}))
+    assert dfv.prefer_overlap(choice, "classical", tmp_path, 213.59) == (choice, "classical")

@@ -104,7 +104,7 @@ class Pipeline:
             geometry, overlap = double_fov.scan_geometry(scan, self.params)
             if overlap is not None:
                 # A full turn: the overlap of its two halves, not Vo's 180-degree estimate.
-                estimate = overlap
+                estimate = overlap.estimate
             elif estimate is None:
                 estimate = sinogram_estimate(scan, self.params)
             ncols = scan.ncols
@@ -122,6 +122,8 @@ class Pipeline:
                 axis = round(estimate * 2) / 2.0
                 notes.append(f"try grid centred on the sinogram estimate {axis:.1f}")
         out = self.backend.run_try(path, self.params, axis, progress=self._phase_progress("try"), **kwargs)
+        if overlap is not None:
+            double_fov.record_overlap(Path(path), overlap)
         return PhaseResult(True, "; ".join(notes) or "try done", estimate=estimate, seconds=round(out.seconds, 3),
                            notes=tuple(notes), data={"geometry": geometry})
 
@@ -154,6 +156,9 @@ class Pipeline:
         else:
             choice, source = cls_choice, "classical"
             cors = [cls_choice.cor]
+        choice, source = double_fov.prefer_overlap(choice, source, folder, estimate)
+        if source == "overlap":
+            cors = [choice.cor]
         layout.write_cor_file(folder, cors)
         record.update({"method": source, "cor": choice.cor, "grid_cor": choice.grid_cor,
                        "confidence": choice.confidence, "estimate": estimate,

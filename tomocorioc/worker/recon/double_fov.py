@@ -18,6 +18,7 @@ mirrored about the axis, continues the one at ``θ`` past the detector edge.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -30,10 +31,11 @@ import torch
 
 from tomocorioc.core import geometry as geo
 from tomocorioc.core import layout
+from tomocorioc.core.cor import CorChoice
 from tomocorioc.core.params import ReconParams
 from tomocorioc.data.dxfile import DXFile
 from tomocorioc.worker.recon import fbp
-from tomocorioc.worker.recon.base import TRY_META
+from tomocorioc.worker.recon.base import TRY_META, write_json
 from tomocorioc.worker.recon.preprocess import preprocess
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,8 @@ _MIN_OVERLAP = 8            # px of overlap the estimate needs between the two h
 _EST_ANGLES = 256           # angle pairs the estimate uses (evenly subsampled)
 _EDGE_COLS = 3              # detector columns averaged to see a sample cut by the edge
 _EDGE_FRACTION = 0.05       # ... as a fraction of the sinogram's 99th percentile
+_OFFSET_AGREE = 0.5         # px: a try score this close to the overlap estimate is kept
+_GOOD_MATCH = 0.1           # overlap mismatch (0 perfect, ~1 unrelated) below which the estimate is trusted
 _OFF_CENTRE = 0.1           # an offset axis is farther than this fraction of the width from the centre ...
 _FAR_RATIO = 0.25           # ... or the far edge sees less than this fraction of what the near edge sees
 
@@ -251,8 +255,8 @@ def estimate_from_rows(sino: np.ndarray, theta_deg: Sequence[float]) -> Optional
 # ---------------------------------------------------------------- per scan
 
 
-def scan_geometry(scan: DXFile, params: ReconParams) -> Tuple[str, Optional[float]]:
-    """The scan's geometry and, for a 360° scan, the overlap estimate of its axis (else None).
+def scan_geometry(scan: DXFile, params: ReconParams) -> Tuple[str, Optional[OffsetCheck]]:
+    """The scan's geometry and, for a 360° scan, what its two halves' overlap says (else None).
 
     ``params.geometry`` other than auto wins (a sidecar's override); auto
     reads one row only for a 360° scan, to tell centred from offset.
@@ -273,10 +277,50 @@ def scan_geometry(scan: DXFile, params: ReconParams) -> Tuple[str, Optional[floa
         log.info("%s: 360-degree scan, overlap estimate %.2f (mismatch %.3f), edges %.3f / %.3f -> %s",
                  scan.path, check.estimate, check.mismatch, *check.edge_signal,
                  "offset" if check.offset else "centred")
-    estimate = check.estimate if check is not None else None
     if want == geo.OFFSET or (check is not None and check.offset):
-        return geo.OFFSET, estimate
-    return geo.FULL, estimate
+        return geo.OFFSET, check
+    return geo.FULL, check
+
+
+def record_overlap(path: Path, check: OffsetCheck) -> None:
+    """Keep the overlap's mismatch beside the try outputs: infer grades the estimate with it."""
+    meta_path = layout.try_dir(path) / TRY_META
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return
+    meta["overlap_mismatch"] = round(float(check.mismatch), 6)
+    write_json(meta_path, meta)
+
+
+def prefer_overlap(choice: CorChoice, source: str, folder: Path,
+                   estimate: Optional[float]) -> Tuple[CorChoice, str]:
+    """For a 360-offset try: the overlap estimate wins when the slices' score is more than 0.5 px off it.
+
+    The estimate compares the two half turns directly (sub-pixel, errors of
+    hundredths of a pixel on simulated scans), while sharpness metrics on
+    stitched slices can be nearly flat over several pixels, so there the
+    roles of 180° scans are swapped: the score is the cross-check.  Review is
+    asked when the halves do not match well (mismatch above ``_GOOD_MATCH``).
+    """
+    try:
+        meta = json.loads((folder / TRY_META).read_text())
+    except (OSError, ValueError):
+        return choice, source
+    if meta.get("geometry") != geo.OFFSET or estimate is None:
+        return choice, source
+    est, mismatch = float(estimate), meta.get("overlap_mismatch")
+    good = isinstance(mismatch, (int, float)) and mismatch <= _GOOD_MATCH
+    if abs(choice.cor - est) <= _OFFSET_AGREE:
+        return choice, source
+    notes = [n for n in choice.notes if not n.startswith(("sinogram estimate", "AI COR"))]
+    notes.append(f"360-offset: the {source} score's COR {choice.cor:.2f} is {abs(choice.cor - est):.2f} px from "
+                 f"the overlap estimate {est:.2f}; the overlap estimate is used")
+    if not good:
+        notes.append("the two half turns do not match well (overlap mismatch "
+                     f"{mismatch if mismatch is not None else '?'}); check the COR")
+    conf = max(0.0, 1.0 - float(mismatch) / (2 * _GOOD_MATCH)) if good else 0.0
+    return dataclasses.replace(choice, cor=est, confidence=conf, needs_review=not good, notes=notes), "overlap"
 
 
 def geometry_for_full(path: Path, params: ReconParams) -> str:
@@ -294,4 +338,4 @@ def geometry_for_full(path: Path, params: ReconParams) -> str:
 
 
 __all__ = ["OffsetCheck", "Stitcher", "detect_offset", "estimate_from_rows", "geometry_for_full", "halves",
-           "overlap_estimate", "pair_angles", "scan_geometry"]
+           "overlap_estimate", "pair_angles", "prefer_overlap", "record_overlap", "scan_geometry"]
