@@ -173,6 +173,8 @@ def test_centred_full_turn_stays_correct(tmp_path):
                              *NARROW).stdout)
     assert rec["geometry"] == "360" and abs(rec["cor"] - truth["cor"]) < 0.5, (rec, truth["cor"])
     assert tifffile.imread(layout.list_try_slices(layout.try_dir(path))[0].path).shape == (128, 128)
+    again = json.loads(run_cli("run", path, "--phases", "try", "--json", "--backend", "torch", *NARROW).stdout)
+    assert again["phases"]["try"] == "up-to-date" and again["geometry"] == "360"
 
 
 def test_sidecar_overrides_the_geometry(tmp_path):

@@ -122,8 +122,7 @@ class Pipeline:
                 axis = round(estimate * 2) / 2.0
                 notes.append(f"try grid centred on the sinogram estimate {axis:.1f}")
         out = self.backend.run_try(path, self.params, axis, progress=self._phase_progress("try"), **kwargs)
-        if overlap is not None:
-            double_fov.record_overlap(Path(path), overlap)
+        double_fov.record_geometry(Path(path), geometry, overlap)
         return PhaseResult(True, "; ".join(notes) or "try done", estimate=estimate, seconds=round(out.seconds, 3),
                            notes=tuple(notes), data={"geometry": geometry})
 

@@ -282,14 +282,16 @@ def scan_geometry(scan: DXFile, params: ReconParams) -> Tuple[str, Optional[Offs
     return geo.FULL, check
 
 
-def record_overlap(path: Path, check: OffsetCheck) -> None:
-    """Keep the overlap's mismatch beside the try outputs: infer grades the estimate with it."""
+def record_geometry(path: Path, geometry: str, check: Optional[OffsetCheck]) -> None:
+    """Keep the geometry and the overlap's mismatch beside the try outputs (up-to-date reruns and infer read them)."""
     meta_path = layout.try_dir(path) / TRY_META
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError):
         return
-    meta["overlap_mismatch"] = round(float(check.mismatch), 6)
+    meta["geometry"] = geometry
+    if check is not None:
+        meta["overlap_mismatch"] = round(float(check.mismatch), 6)
     write_json(meta_path, meta)
 
 
@@ -338,4 +340,4 @@ def geometry_for_full(path: Path, params: ReconParams) -> str:
 
 
 __all__ = ["OffsetCheck", "Stitcher", "detect_offset", "estimate_from_rows", "geometry_for_full", "halves",
-           "overlap_estimate", "pair_angles", "prefer_overlap", "record_overlap", "scan_geometry"]
+           "overlap_estimate", "pair_angles", "prefer_overlap", "record_geometry", "scan_geometry"]
