@@ -44,7 +44,7 @@ _MIN_OVERLAP = 8            # px of overlap the estimate needs between the two h
 _EST_ANGLES = 256           # angle pairs the estimate uses (evenly subsampled)
 _EDGE_COLS = 3              # detector columns averaged to see a sample cut by the edge
 _EDGE_FRACTION = 0.05       # ... as a fraction of the sinogram's 99th percentile
-_OFFSET_AGREE = 0.5         # px: a try score this close to the overlap estimate is kept
+_OFFSET_AGREE = 0.25        # px: a try score this close to the overlap estimate is kept
 _GOOD_MATCH = 0.1           # overlap mismatch (0 perfect, ~1 unrelated) below which the estimate is trusted
 _OFF_CENTRE = 0.1           # an offset axis is farther than this fraction of the width from the centre ...
 _FAR_RATIO = 0.25           # ... or the far edge sees less than this fraction of what the near edge sees
@@ -297,7 +297,7 @@ def record_geometry(path: Path, geometry: str, check: Optional[OffsetCheck]) -> 
 
 def prefer_overlap(choice: CorChoice, source: str, folder: Path,
                    estimate: Optional[float]) -> Tuple[CorChoice, str]:
-    """For a 360-offset try: the overlap estimate wins when the slices' score is more than 0.5 px off it.
+    """For a 360-offset try: the overlap estimate wins when the slices' score is more than a quarter pixel off it.
 
     The estimate compares the two half turns directly (sub-pixel, errors of
     hundredths of a pixel on simulated scans), while sharpness metrics on
