@@ -279,6 +279,7 @@ def row_report(row: Row) -> Dict[str, Any]:
     return {"file": row.path, "status": status, "cor": _rounded(row.cor),
             "cor_source": row.cor_source, "confidence": _rounded(row.confidence), "error": None if ok else error,
             "needs_review": row.needs_review, "estimate": _rounded(row.estimate),
+            "geometry": row.geometry or None,
             "phases": {p: s.value for p, s in asked.items()},
             "seconds": dict(row.timings),
             "notes": list(row.notes)}

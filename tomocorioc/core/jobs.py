@@ -134,6 +134,16 @@ class Row:
                 return p
         return None
 
+    @property
+    def geometry(self) -> str:
+        """Scan geometry the last successful try or full reported (180, 360, 360-offset); '' before."""
+        for p in ("full", "try"):
+            r = self.results.get(p)
+            g = r.data.get("geometry") if r is not None and r.success and r.data else None
+            if g:
+                return str(g)
+        return ""
+
     def copy(self) -> "Row":
         """An independent copy (its containers copied; results are immutable and shared)."""
         return dataclasses.replace(self, phases=dict(self.phases), state=dict(self.state), notes=list(self.notes),

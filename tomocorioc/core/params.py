@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
+from tomocorioc.core.geometry import GEOMETRIES
 from tomocorioc.core.spec import SettingError, check_fields, setting
 
 FILTERS: Tuple[str, ...] = ("parzen", "shepp", "ramp", "butterworth")
@@ -59,6 +60,8 @@ class ReconParams:
     dtype: str = setting("float32", choices=DTYPES, doc="Reconstruction data type")
     nsino_per_chunk: int = setting(8, lo=1, hi=4096, integer=True, doc="Rows per chunk (full)")
     full_format: str = setting("tiff", choices=FULL_FORMATS, doc="Full reconstruction format")
+    # auto: 180 or 360 from theta, 360-offset when the data show the axis near an edge.
+    geometry: str = setting("auto", choices=GEOMETRIES, doc="Scan geometry (180, 360, 360-offset)")
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -107,6 +110,8 @@ class ReconParams:
             keep = ("binning", "fbp_filter", "remove_stripe_method", "dezinger", "dezinger_threshold",
                     "reconstruction_algorithm", "dtype", "full_format")
         payload = {k: d[k] for k in keep}
+        if d.get("geometry", "auto") != "auto":   # only when set: digests of existing outputs stay valid
+            payload["geometry"] = d["geometry"]
         payload["phase"] = phase
         if cor is not None:
             payload["cor"] = round(float(cor), 3)

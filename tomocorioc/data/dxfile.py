@@ -18,6 +18,7 @@ from typing import Optional, Tuple
 import h5py
 import numpy as np
 
+from tomocorioc.core.geometry import theta_in_degrees
 from tomocorioc.data.errors import (
     EmptyDataError,
     MissingDatasetError,
@@ -178,7 +179,10 @@ class DXFile:
             raise ShapeError(f"{self.path}: {THETA} has {theta.shape[0]} angles for {self.nproj} projections")
         if not np.all(np.isfinite(theta)):
             raise NonFiniteError(f"{self.path}: {THETA} contains NaN/Inf")
-        return theta
+        degrees = theta_in_degrees(theta)
+        if degrees is not theta:
+            log.info("%s: %s spans %.3f, taken as radians", self.path, THETA, float(np.ptp(theta)))
+        return degrees
 
     def row_index(self, nsino: float) -> int:
         """The detector row for tomocupy's ``--nsino`` (0 top, 1 bottom), truncated as tomocupy does."""

@@ -465,6 +465,7 @@ class Controller:
         v["Selected:Confidence"] = float(sel.confidence) if sel and sel.confidence is not None else None
         v["Selected:NeedsReview"] = int(bool(sel and sel.needs_review))
         v["Selected:Phase"] = (sel.current_phase or "") if sel else ""
+        v["Selected:Geometry"] = sel.geometry if sel else ""
         v["Selected:Error"] = (sel.error or sel.skipped or "") if sel else ""
         page = q.page(self.row_offset, PAGE_ROWS)
         colors = q.series_colors()
@@ -496,7 +497,8 @@ class Controller:
 def queue_table(rows: List[Row]) -> Dict[str, List[Any]]:
     """Columns of the PVA Queue NTTable."""
     cols: Dict[str, List[Any]] = {k: [] for k in ("file", "series", "status", "phase", "cor", "cor_source",
-                                                  "confidence", "needs_review", "enabled", "error", "updated")}
+                                                  "confidence", "needs_review", "enabled", "error", "updated",
+                                                  "geometry")}
     for r in rows:
         cols["file"].append(r.path)
         cols["series"].append(r.series)
@@ -509,6 +511,7 @@ def queue_table(rows: List[Row]) -> Dict[str, List[Any]]:
         cols["enabled"].append(bool(r.enabled))
         cols["error"].append(r.error or r.skipped or "")
         cols["updated"].append(time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(r.updated)))
+        cols["geometry"].append(r.geometry)
     return cols
 
 

@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 
 _QUEUE_TYPES = {"file": pva.STRING, "series": pva.STRING, "status": pva.STRING, "phase": pva.STRING,
                 "cor": pva.DOUBLE, "cor_source": pva.STRING, "confidence": pva.DOUBLE,
-                "needs_review": pva.BOOLEAN, "enabled": pva.BOOLEAN, "error": pva.STRING, "updated": pva.STRING}
+                "needs_review": pva.BOOLEAN, "enabled": pva.BOOLEAN, "error": pva.STRING, "updated": pva.STRING,
+                "geometry": pva.STRING}
 _SCORE_TYPES = {"center": pva.DOUBLE, "score": pva.DOUBLE, "chosen": pva.BOOLEAN}
 NTTABLE = "epics:nt/NTTable:1.0"
 READ_ONLY_ASG = "TOMOCOR_READ_ONLY"

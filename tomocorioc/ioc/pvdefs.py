@@ -225,6 +225,7 @@ def _table() -> Tuple[PVDef, ...]:
         PVDef("Selected:Confidence", Kind.AI, S, "COR confidence (0..1)", 0.0, lo=0, hi=1, prec=3),
         _b("Selected:NeedsReview", S, "COR needs review", "No", "Yes", out=False),
         PVDef("Selected:Error", Kind.LSI, S, "Error of the selected file", ""),
+        PVDef("Selected:Geometry", Kind.STRINGIN, S, "Scan geometry: 180, 360 or 360-offset", ""),
         # -- per file, for screens
         PVDef("RowOffset", Kind.LONGOUT, X, "First queue row on the page", 0, lo=0, hi=100000),
     ]

@@ -21,6 +21,12 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nproj", type=int, default=d.nproj, help=f"planned projections (default {d.nproj})")
     parser.add_argument("--offset", type=float, default=d.offset,
                         help="rotation-axis offset from the detector centre in px; COR = width/2 + offset")
+    parser.add_argument("--theta-range", type=float, default=None, choices=(180.0, 360.0),
+                        help="rotation range in degrees: 180 or 360 (default 180)")
+    parser.add_argument("--axis-offset", type=float, default=None, metavar="PX",
+                        help="360-degree scan with the axis PX from the detector centre, near an edge "
+                             "(negative: left); the sample is wider than the detector (double field of "
+                             "view); COR = width/2 + PX; implies --theta-range 360; not with --offset")
     parser.add_argument("--offset-jitter", type=float, default=None,
                         help="uniform random COR jitter per scan, +-px (default 0.3 for a series, 0 for one scan)")
     parser.add_argument("--noise", type=float, default=d.noise,
@@ -57,7 +63,16 @@ def run_simulate(args: argparse.Namespace) -> int:
     if jitter is None:
         jitter = 0.3 if args.n > 1 else 0.0
     try:
-        config = SimConfig(ncols=args.width, nrows=args.rows, nproj=args.nproj, offset=args.offset,
+        offset, half = args.offset, args.axis_offset is not None
+        theta_range = args.theta_range if args.theta_range is not None else 180.0
+        if half:
+            if args.offset != 0.0:
+                raise ValueError("give --offset or --axis-offset, not both")
+            if args.theta_range not in (None, 360.0):
+                raise ValueError("--axis-offset needs --theta-range 360")
+            offset, theta_range = args.axis_offset, 360.0
+        config = SimConfig(ncols=args.width, nrows=args.rows, nproj=args.nproj, offset=offset,
+                           theta_range=theta_range, half_acquisition=half,
                            noise=args.noise, phantom=args.phantom, rings=args.rings, zingers=args.zingers,
                            endpoint=args.endpoint, nflat=args.flats, ndark=args.darks, seed=args.seed,
                            abort_fraction=args.abort_fraction, chunked=not args.contiguous)

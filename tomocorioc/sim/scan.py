@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 TRUTH_FILE = "truth.json"
 FOV_MARGIN = 2.0          # px kept free between the phantom and the detector edge
 MIN_FOV_RADIUS = 6.0      # smallest usable phantom radius (px)
+MIN_OVERLAP = 8.0         # px both halves of a half-acquisition 360° scan must share
 NOISELESS_COUNTS = 30000.0  # flat-field counts when noise is off
 MAX_COUNTS = 60000.0      # flat counts that still leave uint16 headroom
 READ_NOISE = 2.0          # detector read noise, counts (rms)
@@ -67,6 +68,8 @@ class SimConfig:
     max_attenuation: float = 1.5
     dark_level: float = 100.0
     oversample: Tuple[int, int] = (0, 2)
+    theta_range: float = 180.0       # 180 or 360 degrees
+    half_acquisition: bool = False   # 360° with the axis near an edge: the sample is wider than the detector
 
     def __post_init__(self) -> None:
         for name, low in (("ncols", 16), ("nrows", 1), ("nproj", 2), ("nflat", 1), ("ndark", 1)):
@@ -79,6 +82,14 @@ class SimConfig:
             raise ValueError(f"unknown phantom {self.phantom!r}; choose one of {', '.join(sorted(PHANTOMS))}")
         if not math.isfinite(self.offset):
             raise ValueError(f"offset must be finite, got {self.offset}")
+        if self.theta_range not in (180.0, 360.0):
+            raise ValueError(f"theta_range must be 180 or 360 degrees, got {self.theta_range!r}")
+        if self.half_acquisition and self.theta_range != 360.0:
+            raise ValueError("an axis near the detector edge (half acquisition) needs theta_range 360")
+        if self.half_acquisition and 0.0 < self.cor < self.ncols \
+                and min(self.cor, self.ncols - self.cor) < MIN_OVERLAP / 2.0:
+            raise ValueError(f"axis offset {self.offset:+g} puts the rotation axis at column {self.cor:g}: "
+                             f"the two halves of the turn overlap by less than {MIN_OVERLAP:g} px")
         if not 0.0 < self.cor < self.ncols:
             raise ValueError(f"offset {self.offset:+g} puts the rotation axis at column {self.cor:g}, "
                              f"outside the detector (0, {self.ncols})")
@@ -116,8 +127,21 @@ class SimConfig:
 
     @property
     def fov_radius(self) -> float:
-        """Largest phantom radius that stays in the field of view at every angle."""
+        """Largest phantom radius that stays in the field of view at every angle.
+
+        With half acquisition the field of view is the far side's distance
+        from the axis: the sample is cut by the near edge at every angle.
+        """
+        if self.half_acquisition:
+            return max(self.cor, self.ncols - self.cor) - FOV_MARGIN
         return min(self.cor, self.ncols - self.cor) - FOV_MARGIN
+
+    @property
+    def geometry(self) -> str:
+        """The scan geometry as tomocorioc names it: 180, 360 or 360-offset."""
+        if self.half_acquisition:
+            return "360-offset"
+        return "360" if self.theta_range == 360.0 else "180"
 
     @property
     def noisy(self) -> bool:
@@ -132,8 +156,8 @@ class SimConfig:
         return int(min(self.nproj - 1, max(1, math.floor(self.abort_fraction * self.nproj))))
 
     def theta_deg(self) -> np.ndarray:
-        """Planned rotation angles in degrees over 180 (with or without the end point)."""
-        return np.linspace(0.0, 180.0, self.nproj, endpoint=self.endpoint)
+        """Planned rotation angles in degrees over ``theta_range`` (with or without the end point)."""
+        return np.linspace(0.0, float(self.theta_range), self.nproj, endpoint=self.endpoint)
 
 
 # ---------------------------------------------------------------- truth file
@@ -420,7 +444,8 @@ def write_scan(path: Union[str, Path], config: SimConfig, phantom: Phantom, *,
         "endpoint": bool(config.endpoint),
         "nflat": config.nflat,
         "ndark": config.ndark,
-        "theta_range": 180.0,
+        "theta_range": float(config.theta_range),
+        "geometry": config.geometry,
         "has_theta": has_theta,
         "aborted": bool(aborted),
         "outlier": False,

@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 import torch
 
+from tomocorioc.core import geometry as geo
 from tomocorioc.core import layout
 from tomocorioc.core.cor import CorChoice, agreement, choose
 from tomocorioc.core.params import COR_METHODS, DEFAULT_METRIC, ParamError, ReconParams
@@ -24,6 +25,7 @@ from tomocorioc.core.result import PhaseResult
 from tomocorioc.data.dxfile import DXFile
 from tomocorioc.worker.cor import classical
 from tomocorioc.worker.cor.vo import find_center_vo
+from tomocorioc.worker.recon import double_fov
 from tomocorioc.worker.recon.base import Backend, ReconError, write_json
 from tomocorioc.worker.recon.preprocess import preprocess
 
@@ -99,19 +101,30 @@ class Pipeline:
         """Phase A: the try stack, its grid centred as the sinogram estimate requires."""
         notes: List[str] = []
         with DXFile(path) as scan:
-            if estimate is None:
+            geometry, overlap = double_fov.scan_geometry(scan, self.params)
+            if overlap is not None:
+                # A full turn: the overlap of its two halves, not Vo's 180-degree estimate.
+                estimate = overlap.estimate
+            elif estimate is None:
                 estimate = sinogram_estimate(scan, self.params)
             ncols = scan.ncols
         axis = self.params.rotation_axis
+        kwargs: Dict[str, Any] = {}
+        if geometry == geo.OFFSET:
+            kwargs["geometry"] = geometry   # only then: other backends keep their plain signature
+            if axis is None and estimate is not None:
+                axis = round(estimate * 2) / 2.0
+                notes.append(f"360-offset scan: try grid centred on the overlap estimate {axis:.1f}")
         if axis is None:
             axis = ncols / 2.0
             if estimate is not None and abs(estimate - axis) > 0.8 * self.params.search_width:
                 # Far off-centre axis: centre the grid on the estimate (half-pixel aligned).
                 axis = round(estimate * 2) / 2.0
                 notes.append(f"try grid centred on the sinogram estimate {axis:.1f}")
-        out = self.backend.run_try(path, self.params, axis, progress=self._phase_progress("try"))
+        out = self.backend.run_try(path, self.params, axis, progress=self._phase_progress("try"), **kwargs)
+        double_fov.record_geometry(Path(path), geometry, overlap)
         return PhaseResult(True, "; ".join(notes) or "try done", estimate=estimate, seconds=round(out.seconds, 3),
-                           notes=tuple(notes))
+                           notes=tuple(notes), data={"geometry": geometry})
 
     def run_infer(self, path: Path, estimate: Optional[float] = None,
                   extra: Optional[Dict[str, Any]] = None) -> PhaseResult:
@@ -142,6 +155,9 @@ class Pipeline:
         else:
             choice, source = cls_choice, "classical"
             cors = [cls_choice.cor]
+        choice, source = double_fov.prefer_overlap(choice, source, folder, estimate)
+        if source == "overlap":
+            cors = [choice.cor]
         layout.write_cor_file(folder, cors)
         record.update({"method": source, "cor": choice.cor, "grid_cor": choice.grid_cor,
                        "confidence": choice.confidence, "estimate": estimate,
@@ -156,8 +172,10 @@ class Pipeline:
         """Phase C: the volume at ``cor``."""
         if cor is None:
             raise ReconError("no COR for the full phase (run infer or set a COR)")
-        out = self.backend.run_full(path, self.params, float(cor), progress=self._phase_progress("full"))
-        return PhaseResult(True, "full done", seconds=round(out.seconds, 3))
+        geometry = double_fov.geometry_for_full(Path(path), self.params)
+        kwargs: Dict[str, Any] = {"geometry": geometry} if geometry == geo.OFFSET else {}
+        out = self.backend.run_full(path, self.params, float(cor), progress=self._phase_progress("full"), **kwargs)
+        return PhaseResult(True, "full done", seconds=round(out.seconds, 3), data={"geometry": geometry})
 
 
 __all__ = ["Pipeline", "InferOptions", "sinogram_estimate"]

@@ -84,6 +84,12 @@ def full_up_to_date(path: Path, params: ReconParams, cor: float) -> bool:
     return True
 
 
+def _try_meta_data(path: Path) -> Dict[str, Any]:
+    """What an up-to-date try reports besides its estimate (the geometry it was made for)."""
+    meta = _read_json(layout.try_dir(path) / TRY_META) or {}
+    return {"geometry": meta["geometry"]} if isinstance(meta.get("geometry"), str) else {}
+
+
 def _try_meta_estimate(path: Path) -> Optional[float]:
     meta = _read_json(layout.try_dir(path) / TRY_META) or {}
     est = meta.get("estimate")
@@ -149,7 +155,7 @@ def make_runner(config: Dict[str, Any]) -> Callable[[Job], PhaseResult]:
         if job.phase == "try":
             if not job.force and try_up_to_date(path, params):
                 return PhaseResult(True, "try outputs up to date", up_to_date=True,
-                                   estimate=_try_meta_estimate(path))
+                                   estimate=_try_meta_estimate(path), data=_try_meta_data(path))
             result = pipe.run_try(path, job.estimate)
             _record_estimate(path, result.estimate)
             return result

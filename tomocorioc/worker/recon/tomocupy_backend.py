@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from tomocorioc.core import geometry as geo
 from tomocorioc.core import layout
 from tomocorioc.core.params import ReconParams
 from tomocorioc.data.dxfile import DXFile
@@ -41,6 +42,21 @@ def find_tomocupy(explicit: Optional[str] = None) -> Optional[str]:
         if cand:
             return cand if os.path.sep in cand else shutil.which(cand)
     return shutil.which("tomocupy")
+
+
+def _file_type(geometry: str) -> str:
+    """tomocupy's ``--file-type`` for a scan geometry (double_fov: the axis near an edge of a 360° scan)."""
+    return "double_fov" if geometry == geo.OFFSET else "standard"
+
+
+def _with_file_type(args: List[str], geometry: str) -> List[str]:
+    """``args`` with ``--file-type`` set for the geometry."""
+    out = list(args)
+    if "--file-type" in out:
+        out[out.index("--file-type") + 1] = _file_type(geometry)
+    else:
+        out += ["--file-type", _file_type(geometry)]
+    return out
 
 
 def _common(params: ReconParams) -> List[str]:
@@ -68,25 +84,30 @@ def _common(params: ReconParams) -> List[str]:
 
 
 def try_command(scan: Path, params: ReconParams, rotation_axis: float, *, program: str = "tomocupy",
-                config: Optional[Path] = None) -> List[str]:
-    """``tomocupy recon --reconstruction-type try ...`` as an argument list."""
+                config: Optional[Path] = None, geometry: str = geo.HALF) -> List[str]:
+    """``tomocupy recon --reconstruction-type try ...`` as an argument list.
+
+    360-offset: ``--file-type double_fov`` with the axis in the original
+    detector's columns (tomocupy stitches; its try names keep those columns).
+    """
+    width = geo.offset_search_width(params.search_width, geometry)
     cmd = [program, "recon", "--file-name", str(scan), "--reconstruction-type", "try",
            "--rotation-axis-auto", "manual", "--rotation-axis", f"{rotation_axis:g}",
-           "--center-search-width", f"{params.search_width:g}", "--center-search-step", f"{params.search_step:g}",
+           "--center-search-width", f"{width:g}", "--center-search-step", f"{params.search_step:g}",
            "--nsino", f"{params.nsino:g}", "--save-format", "tiff"]
-    cmd += _common(params)
+    cmd += _with_file_type(_common(params), geometry)
     if config is not None:
         cmd += ["--config", str(config)]
     return cmd
 
 
 def full_command(scan: Path, params: ReconParams, cor: float, *, program: str = "tomocupy",
-                 config: Optional[Path] = None) -> List[str]:
-    """``tomocupy recon --reconstruction-type full ...`` as an argument list."""
+                 config: Optional[Path] = None, geometry: str = geo.HALF) -> List[str]:
+    """``tomocupy recon --reconstruction-type full ...`` as an argument list (360-offset: double_fov)."""
     cmd = [program, "recon", "--file-name", str(scan), "--reconstruction-type", "full",
            "--rotation-axis-auto", "manual", "--rotation-axis", f"{cor:g}",
            "--save-format", params.full_format, "--clear-folder", "True"]
-    cmd += _common(params)
+    cmd += _with_file_type(_common(params), geometry)
     if config is not None:
         cmd += ["--config", str(config)]
     return cmd
@@ -124,7 +145,7 @@ class TomocupyBackend:
         return cmd
 
     def run_try(self, scan_path: Path, params: ReconParams, rotation_axis: float,
-                progress: Progress = None) -> TryOutput:
+                progress: Progress = None, geometry: str = geo.HALF) -> TryOutput:
         """Run a tomocupy try and verify the slices it wrote."""
         t0 = time.perf_counter()
         scan_path = Path(scan_path)
@@ -134,15 +155,16 @@ class TomocupyBackend:
         folder.parent.mkdir(parents=True, exist_ok=True)
         for old in layout.list_try_slices(folder) if folder.is_dir() else []:
             old.path.unlink()  # a stale grid must not mix into the new stack
-        centers = layout.candidate_centers(rotation_axis, params.search_width, params.search_step)
+        centers = layout.candidate_centers(rotation_axis, geo.offset_search_width(params.search_width, geometry),
+                                           params.search_step)
         log_path = folder.parent / f"{scan_path.stem}.tomocupy_try.log"
         cmd = self._run(lambda conf: try_command(scan_path, params, rotation_axis, program=self.program,
-                                                 config=conf), log_path)
+                                                 config=conf, geometry=geometry), log_path)
         found = check_try_outputs(folder, centers)
         row = found[0].row if found else row
         write_json(folder / "tomocorioc_try.json", {"params": params.to_dict(), "digest": params.digest(phase="try"),
                                                     "row": row, "rotation_axis": float(rotation_axis),
-                                                    "centers": [float(c) for c in centers],
+                                                    "geometry": geometry, "centers": [float(c) for c in centers],
                                                     "backend": self.name, "command": cmd})
         if progress:
             progress(len(centers), len(centers))
@@ -150,7 +172,7 @@ class TomocupyBackend:
                          time.perf_counter() - t0, cmd)
 
     def run_full(self, scan_path: Path, params: ReconParams, cor: float, progress: Progress = None,
-                 rows: Optional[Sequence[int]] = None) -> FullOutput:
+                 rows: Optional[Sequence[int]] = None, geometry: str = geo.HALF) -> FullOutput:
         """Run a tomocupy full reconstruction and verify the slices it wrote."""
         if rows:
             raise ReconError("the tomocupy backend reconstructs whole volumes (no row range)")
@@ -163,8 +185,8 @@ class TomocupyBackend:
             target = target.with_suffix(".h5")
         target.parent.mkdir(parents=True, exist_ok=True)
         log_path = target.parent / f"{scan_path.stem}.tomocupy_full.log"
-        cmd = self._run(lambda conf: full_command(scan_path, params, cor, program=self.program, config=conf),
-                        log_path)
+        cmd = self._run(lambda conf: full_command(scan_path, params, cor, program=self.program, config=conf,
+                                                  geometry=geometry), log_path)
         n = check_full_outputs(target, expected)
         if progress:
             progress(n, expected)

@@ -18,10 +18,11 @@ import numpy as np
 import tifffile
 import torch
 
+from tomocorioc.core import geometry as geo
 from tomocorioc.core import layout
 from tomocorioc.core.params import ReconParams
 from tomocorioc.data.dxfile import DXFile
-from tomocorioc.worker.recon import fbp
+from tomocorioc.worker.recon import double_fov, fbp
 from tomocorioc.worker.recon.base import (
     FULL_META,
     TRY_META,
@@ -104,8 +105,8 @@ class TorchBackend:
         return max(1, min(512, (self.memory_budget - shift_tmp) // per))
 
     def run_try(self, scan_path: Path, params: ReconParams, rotation_axis: float,
-                progress: Progress = None) -> TryOutput:
-        """Write the try stack for one file and return what was written."""
+                progress: Progress = None, geometry: str = geo.HALF) -> TryOutput:
+        """Write the try stack for one file and return what was written (360-offset: stitched, 2n wide)."""
         self._check(params)
         t0 = time.perf_counter()
         scan_path = Path(scan_path)
@@ -118,17 +119,26 @@ class TorchBackend:
             theta = np.deg2rad(scan.theta_deg())
             sino = self._sinograms(scan, r0, r0 + f, params)[0]
         n = sino.shape[-1]
-        centers = layout.candidate_centers(rotation_axis, params.search_width, params.search_step)
-        geom = fbp.FBPGeometry.create(n, theta, self.device)
+        centers = layout.candidate_centers(rotation_axis, geo.offset_search_width(params.search_width, geometry),
+                                           params.search_step)
+        if geometry == geo.OFFSET:
+            stitcher = double_fov.Stitcher(theta, n, self.device)
+            geom = stitcher.fbp_geometry()
+        else:
+            geom = fbp.FBPGeometry.create(n, theta, self.device)
         final = layout.try_dir(scan_path)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.with_name(final.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        batch = self.try_batch_size(n, len(theta))
+        batch = self.try_batch_size(geom.n, len(geom.theta))
+        if geometry == geo.OFFSET:
+            batches = stitcher.try_batches(sino, geom, params.fbp_filter, centers / f, batch)
+        else:
+            batches = fbp.try_batches(sino, geom, params.fbp_filter, centers / f, batch)
         done = 0
         try:
-            for chunk, images in fbp.try_batches(sino, geom, params.fbp_filter, centers / f, batch):
+            for chunk, images in batches:
                 arr = images.cpu().numpy()
                 for c_binned, img in zip(chunk, arr):
                     c = float(np.round(c_binned * f, 2))
@@ -137,7 +147,7 @@ class TorchBackend:
                 if progress:
                     progress(done, len(centers))
             write_json(tmp / TRY_META, {"params": params.to_dict(), "digest": params.digest(phase="try"),
-                                        "row": row, "rotation_axis": float(rotation_axis),
+                                        "row": row, "rotation_axis": float(rotation_axis), "geometry": geometry,
                                         "centers": [float(c) for c in centers], "backend": self.name,
                                         "device": str(self.device)})
             swap_in(tmp, final)
@@ -149,8 +159,11 @@ class TorchBackend:
                          time.perf_counter() - t0)
 
     def run_full(self, scan_path: Path, params: ReconParams, cor: float, progress: Progress = None,
-                 rows: Optional[tuple] = None) -> FullOutput:
-        """Reconstruct every row (or ``rows=(start, stop)``) at ``cor``, streaming row chunks."""
+                 rows: Optional[tuple] = None, geometry: str = geo.HALF) -> FullOutput:
+        """Reconstruct every row (or ``rows=(start, stop)``) at ``cor``, streaming row chunks.
+
+        A 360-offset scan's slices are stitched (double field of view): 2n wide.
+        """
         self._check(params)
         t0 = time.perf_counter()
         scan_path = Path(scan_path)
@@ -163,7 +176,8 @@ class TorchBackend:
                 raise ReconError(f"{scan_path}: no rows to reconstruct in [{start}, {stop})")
             theta = np.deg2rad(scan.theta_deg())
             n = scan.ncols // f
-            geom = fbp.FBPGeometry.create(n, theta, self.device)
+            stitcher = double_fov.Stitcher(theta, n, self.device) if geometry == geo.OFFSET else None
+            geom = stitcher.fbp_geometry() if stitcher else fbp.FBPGeometry.create(n, theta, self.device)
             step = max(f, params.nsino_per_chunk // f * f)
             nslices = (stop - start) // f
             as_h5 = params.full_format == "h5"
@@ -173,24 +187,28 @@ class TorchBackend:
             final.parent.mkdir(parents=True, exist_ok=True)
             tmp = final.with_name(final.name + ".partial")
             _remove(tmp)
-            writer = _H5Writer(tmp, nslices, n) if as_h5 else _TiffWriter(tmp)
+            writer = _H5Writer(tmp, nslices, geom.n) if as_h5 else _TiffWriter(tmp)
             try:
                 done = 0
                 for r in range(start, stop, step):
                     r1 = min(stop, r + step)
                     sino = self._sinograms(scan, r, r1, params)
-                    centers = torch.full((sino.shape[0],), cor / f, dtype=torch.float64)
-                    vol = fbp.reconstruct(sino, geom, params.fbp_filter, centers).cpu().numpy()
+                    if stitcher is not None:
+                        vol = stitcher.reconstruct(sino, geom, params.fbp_filter, cor / f).cpu().numpy()
+                    else:
+                        centers = torch.full((sino.shape[0],), cor / f, dtype=torch.float64)
+                        vol = fbp.reconstruct(sino, geom, params.fbp_filter, centers).cpu().numpy()
                     writer.write((r - start) // f, vol)
                     done += vol.shape[0]
                     if progress:
                         progress(done, nslices)
                 writer.close()
                 meta = {"params": params.to_dict(), "digest": params.digest(phase="full", cor=cor),
-                        "cor": float(cor), "rows": [start, stop], "backend": self.name, "device": str(self.device)}
+                        "cor": float(cor), "rows": [start, stop], "backend": self.name, "device": str(self.device),
+                        "geometry": geometry}
                 if not as_h5:
                     write_json(tmp / FULL_META, meta)
-                    (tmp / layout.REC_LINE_FILE).write_text(_rec_line(scan_path, params, cor) + "\n")
+                    (tmp / layout.REC_LINE_FILE).write_text(_rec_line(scan_path, params, cor, geometry) + "\n")
                 _remove(final)
                 tmp.rename(final)
                 if as_h5:
@@ -210,10 +228,10 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _rec_line(scan_path: Path, params: ReconParams, cor: float) -> str:
+def _rec_line(scan_path: Path, params: ReconParams, cor: float, geometry: str = geo.HALF) -> str:
     """The equivalent tomocupy command, so the volume can be remade at the beamline."""
     from tomocorioc.worker.recon.tomocupy_backend import full_command  # local: avoid an import cycle
-    return " ".join(full_command(scan_path, params, cor))
+    return " ".join(full_command(scan_path, params, cor, geometry=geometry))
 
 
 class _TiffWriter:
