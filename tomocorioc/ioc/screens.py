@@ -264,13 +264,20 @@ def main_screen() -> Screen:
                 s.add(Widget("text", x, y, w, H, text=text, align="center"))
             x += w + 4
         y += PITCH
-    y = s.section(lx, y + 12, cw, 6, "Selected file")
+    pairs: List[Tuple[str, ...]] = [("Selected:Status", "Selected:Phase"), ("Selected:Cor", "Selected:CorSource"),
+                                     ("Selected:Confidence", "Selected:NeedsReview"),
+                                     ("Selected:Enable", "Selected:Series")]
+    shown = {n for pair in pairs for n in pair} | {"Selected:Error"}
+    more = [p.name for p in pv_table() if p.name.startswith("Selected:") and p.name not in shown
+            and p.role is not Role.COMMAND and p.kind not in (Kind.LSI, Kind.LSO)]   # e.g. the scan's geometry
+    pairs += [tuple(more[i:i + 2]) for i in range(0, len(more), 2)]
+    y = s.section(lx, y + 12, cw, len(pairs) + 2, "Selected file")
     s.field(wide, y, "SelectFile")
-    for a, b in (("Selected:Status", "Selected:Phase"), ("Selected:Cor", "Selected:CorSource"),
-                 ("Selected:Confidence", "Selected:NeedsReview"), ("Selected:Enable", "Selected:Series")):
+    for pair in pairs:
         y += PITCH
-        s.field(left, y, a, alarm=a == "Selected:Status")
-        s.field(right, y, b)
+        s.field(left, y, pair[0], alarm=pair[0] == "Selected:Status")
+        if len(pair) > 1:
+            s.field(right, y, pair[1])
     s.field(wide, y + PITCH, "Selected:Error")
     # right column
     y = s.section(rx, 40, cw, 3, "Commands")
