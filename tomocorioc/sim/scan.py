@@ -25,6 +25,7 @@ import numpy as np
 
 from tomocorioc.sim.phantoms import PHANTOMS, Phantom, make_phantom
 from tomocorioc.sim.projector import project
+from tomocorioc.sim.tilt import cor_rows, project_tilted, tilt_slope
 
 try:  # POSIX advisory lock so concurrent writers do not lose truth entries.
     import fcntl
@@ -67,6 +68,7 @@ class SimConfig:
     max_attenuation: float = 1.5
     dark_level: float = 100.0
     oversample: Tuple[int, int] = (0, 2)
+    tilt: float = 0.0   # degrees: tomocupy's --rotate-proj-angle that makes the axis vertical
 
     def __post_init__(self) -> None:
         for name, low in (("ncols", 16), ("nrows", 1), ("nproj", 2), ("nflat", 1), ("ndark", 1)):
@@ -79,6 +81,8 @@ class SimConfig:
             raise ValueError(f"unknown phantom {self.phantom!r}; choose one of {', '.join(sorted(PHANTOMS))}")
         if not math.isfinite(self.offset):
             raise ValueError(f"offset must be finite, got {self.offset}")
+        if not (math.isfinite(self.tilt) and abs(self.tilt) <= 10.0):
+            raise ValueError(f"tilt must be within +-10 degrees, got {self.tilt}")
         if not 0.0 < self.cor < self.ncols:
             raise ValueError(f"offset {self.offset:+g} puts the rotation axis at column {self.cor:g}, "
                              f"outside the detector (0, {self.ncols})")
@@ -117,7 +121,8 @@ class SimConfig:
     @property
     def fov_radius(self) -> float:
         """Largest phantom radius that stays in the field of view at every angle."""
-        return min(self.cor, self.ncols - self.cor) - FOV_MARGIN
+        drift = abs(tilt_slope(self.tilt)) * self.nrows / 2.0  # the axis moves this far at the top and bottom
+        return min(self.cor, self.ncols - self.cor) - FOV_MARGIN - drift
 
     @property
     def noisy(self) -> bool:
@@ -354,8 +359,12 @@ def write_scan(path: Union[str, Path], config: SimConfig, phantom: Phantom, *,
 
     def work(chunk: int) -> Tuple[np.ndarray, float]:
         a0 = chunk * step
-        lines = project(phantom, thetas_rad[a0:min(n_out, a0 + step)], config.ncols, config.nrows,
-                        config.cor, config.oversample)
+        angles = thetas_rad[a0:min(n_out, a0 + step)]
+        if config.tilt:
+            lines = project_tilted(phantom, angles, config.ncols, config.nrows, config.cor, config.tilt,
+                                   config.oversample)
+        else:
+            lines = project(phantom, angles, config.ncols, config.nrows, config.cor, config.oversample)
         return detector.projections(lines, chunk), float(lines.max())
 
     with h5py.File(path, "w") as f:
@@ -428,6 +437,10 @@ def write_scan(path: Union[str, Path], config: SimConfig, phantom: Phantom, *,
         "max_line_integral": round(peak, 6),
         "chunked": bool(config.chunked),
     }
+    if config.tilt:
+        # tilt_deg is what tomocupy's --rotate-proj-angle needs; cor_rows[r] is the axis in row r.
+        truth.update({"tilt_deg": float(config.tilt), "slope_px_per_row": tilt_slope(config.tilt),
+                      "cor_rows": [round(c, 6) for c in cor_rows(config.cor, config.tilt, config.nrows)]})
     truth.update(labels or {})
     log.info("wrote %s: %d/%d projections %dx%d, %s, cor %.3f (%.1f s)", path, n_written, config.nproj,
              config.nrows, config.ncols, config.phantom, config.cor, elapsed)
