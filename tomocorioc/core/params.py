@@ -14,7 +14,10 @@ from typing import Any, Dict, Optional, Tuple
 
 from tomocorioc.core.spec import SettingError, check_fields, setting
 
-FILTERS: Tuple[str, ...] = ("parzen", "shepp", "ramp", "butterworth")
+# tomocupy's --fbp-filter choices (parzen first: the default); tests/test_tomocupy_options.py checks them.
+FILTERS: Tuple[str, ...] = ("parzen", "shepp", "ramp", "hann", "hamming", "cosine", "cosine2", "none")
+# Filters this project once offered that tomocupy never had, with the nearest tomocupy filter.
+RETIRED_FILTERS: Dict[str, str] = {"butterworth": "parzen"}
 # 'sort' is the torch backend's own sorting-based ring filter (Vo et al. 2018,
 # sorting step only); the others are tomocupy's names and run only there.
 STRIPE_METHODS: Tuple[str, ...] = ("none", "sort", "fw", "ti", "vo-all")
@@ -59,10 +62,16 @@ class ReconParams:
     dtype: str = setting("float32", choices=DTYPES, doc="Reconstruction data type")
     nsino_per_chunk: int = setting(8, lo=1, hi=4096, integer=True, doc="Rows per chunk (full)")
     full_format: str = setting("tiff", choices=FULL_FORMATS, doc="Full reconstruction format")
+    # Camera tilt correction (CamRot/ApplyTilt, per dataset in the sidecar): tomocupy's --rotate-proj-angle.
+    rotate_proj_angle: float = setting(0.0, lo=-45.0, hi=45.0, units="deg",
+                                       doc="Projection rotation, counter-clockwise (camera tilt)")
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("search_width", "search_step", "nsino", "dezinger_threshold"):
+        if self.fbp_filter in RETIRED_FILTERS:
+            raise ParamError(f"fbp_filter {self.fbp_filter!r} is no longer offered (tomocupy has no such filter); "
+                             f"use {RETIRED_FILTERS[self.fbp_filter]!r} or one of {', '.join(FILTERS)}")
+        for name in ("search_width", "search_step", "nsino", "dezinger_threshold", "rotate_proj_angle"):
             _finite(name, getattr(self, name))   # a clear message for text and NaN before the range check
         if not isinstance(self.binning, int) or isinstance(self.binning, bool):
             raise ParamError(f"binning must be 0..3 (2**binning), got {self.binning!r}")
@@ -107,6 +116,8 @@ class ReconParams:
             keep = ("binning", "fbp_filter", "remove_stripe_method", "dezinger", "dezinger_threshold",
                     "reconstruction_algorithm", "dtype", "full_format")
         payload = {k: d[k] for k in keep}
+        if self.rotate_proj_angle:  # only when set: digests of untilted outputs stay as they were
+            payload["rotate_proj_angle"] = round(float(self.rotate_proj_angle), 4)
         payload["phase"] = phase
         if cor is not None:
             payload["cor"] = round(float(cor), 3)
