@@ -29,26 +29,26 @@ from tomocorioc.worker.recon.tomocupy_backend import STEPS_ALGORITHMS, TOMOCUPY_
 TOMOCUPY_COMMIT = "25edcb99a302dcd5b42d865fb9955269a51a31fa"
 NEWER_FILTER_COMMIT = "8244db0474e30789866271901c0a9e2eba904a6b"
 
-S, F, I, P = str, float, int, Path   # the 'type' of each option; 'flag' = store_true
+S, F, N, P = str, float, int, Path   # the 'type' of each option; 'flag' = store_true
 # section -> option -> (type, choices or None), exactly as config.py declares them.
 SECTIONS = {
     "general": {"config": (S, None), "logs-home": (S, None), "verbose": ("flag", None),
                 "config-update": ("flag", None)},
     "file-reading": {"file-name": (P, None), "flat-file-name": (P, None), "dark-file-name": (P, None),
                      "out-path-name": (P, None), "file-type": (S, ["standard", "double_fov"]),
-                     "binning": (I, [0, 1, 2, 3]), "blocked-views": (S, None)},
+                     "binning": (N, [0, 1, 2, 3]), "blocked-views": (S, None)},
     "remove-stripe": {"remove-stripe-method": (S, ["none", "fw", "ti", "vo-all"])},
-    "fw": {"fw-sigma": (F, None), "fw-filter": (S, ["haar", "db5", "sym5", "sym16"]), "fw-level": (I, None),
+    "fw": {"fw-sigma": (F, None), "fw-filter": (S, ["haar", "db5", "sym5", "sym16"]), "fw-level": (N, None),
            "fw-pad": ("flag", None)},
-    "vo-all": {"vo-all-snr": (F, None), "vo-all-la-size": (I, None), "vo-all-sm-size": (I, None),
+    "vo-all": {"vo-all-snr": (F, None), "vo-all-la-size": (N, None), "vo-all-sm-size": (N, None),
                "vo-all-dim": (S, None)},
     "ti": {"ti-beta": (F, None), "ti-mask": (F, None)},
     "retrieve-phase": {"retrieve-phase-method": (S, ["none", "paganin"]), "energy": (F, None),
                        "propagation-distance": (F, None), "pixel-size": (F, None),
-                       "retrieve-phase-alpha": (F, None), "retrieve-phase-pad": (I, None)},
-    "rotate-proj": {"rotate-proj-angle": (F, None), "rotate-proj-order": (I, None)},
+                       "retrieve-phase-alpha": (F, None), "retrieve-phase-pad": (N, None)},
+    "rotate-proj": {"rotate-proj-angle": (F, None), "rotate-proj-order": (N, None)},
     "lamino": {"lamino-search-width": (F, None), "lamino-search-step": (F, None), "lamino-angle": (F, None),
-               "lamino-start-row": (I, None), "lamino-end-row": (I, None)},
+               "lamino-start-row": (N, None), "lamino-end-row": (N, None)},
     "reconstruction-types": {"reconstruction-type": (S, ["full", "try"]),
                              "reconstruction-algorithm": (S, ["fourierrec", "lprec", "linerec"])},
     "reconstruction-steps-types": {"reconstruction-type": (S, ["full", "try", "try_lamino"]),
@@ -56,16 +56,16 @@ SECTIONS = {
                                    "pre-processing": (S, ["True", "False"])},
     "reconstruction": {
         "rotation-axis": (F, None), "center-search-width": (F, None), "center-search-step": (F, None),
-        "nsino": (S, None), "nsino-per-chunk": (I, None), "nproj-per-chunk": (I, None),
-        "start-row": (I, None), "end-row": (I, None), "start-column": (I, None), "end-column": (I, None),
-        "start-proj": (I, None), "end-proj": (I, None), "rotation-axis-auto": (S, ["manual", "auto"]),
+        "nsino": (S, None), "nsino-per-chunk": (N, None), "nproj-per-chunk": (N, None),
+        "start-row": (N, None), "end-row": (N, None), "start-column": (N, None), "end-column": (N, None),
+        "start-proj": (N, None), "end-proj": (N, None), "rotation-axis-auto": (S, ["manual", "auto"]),
         "rotation-axis-pairs": (S, None), "rotation-axis-sift-threshold": (F, None),
-        "rotation-axis-method": (S, ["sift", "vo"]), "find-center-start-row": (I, None),
-        "find-center-end-row": (I, None), "dtype": (S, ["float32", "float16"]),
+        "rotation-axis-method": (S, ["sift", "vo"]), "find-center-start-row": (N, None),
+        "find-center-end-row": (N, None), "dtype": (S, ["float32", "float16"]),
         "save-format": (S, ["tiff", "h5", "h5sino", "h5nolinks"]), "clear-folder": (S, ["True", "False"]),
         "fbp-filter": (S, ["ramp", "shepp", "hann", "hamming", "parzen", "cosine", "cosine2"]),
-        "dezinger": (I, None), "dezinger-threshold": (I, None), "max-write-threads": (I, None),
-        "max-read-threads": (I, None), "minus-log": (S, None), "flat-linear": (S, None),
+        "dezinger": (N, None), "dezinger-threshold": (N, None), "max-write-threads": (N, None),
+        "max-read-threads": (N, None), "minus-log": (S, None), "flat-linear": (S, None),
         "pad-endpoint": (S, None)},
 }
 COMMANDS = {

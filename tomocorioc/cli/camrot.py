@@ -1,14 +1,22 @@
-"""``tomocorioc camrot FILE...``: camera tilt (the angle for tomocupy's ``--rotate-proj-angle``)."""
+"""``tomocorioc camrot FILE...``: camera tilt (the angle for tomocupy's ``--rotate-proj-angle``).
+
+The measurement reconstructs, so it runs in a worker process
+(``python -m tomocorioc.worker.camrot``, JSON lines on stdout); this command
+checks the options, starts it and prints its lines as JSON or as text.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
+import subprocess
+import sys
 from typing import Any, Dict, List
 
-from tomocorioc.core import sidecar
-from tomocorioc.core.params import ParamError, ReconParams
+from tomocorioc.core.params import ReconParams
 from tomocorioc.core.spec import spec_of
+from tomocorioc.core.tilt import parse_fractions
 
 log = logging.getLogger("tomocorioc")
 
@@ -24,40 +32,46 @@ def add_camrot_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="one JSON line per file")
 
 
+def worker_command(files: List[str], rows: str, search_width: float, device: str | None) -> List[str]:
+    """The worker process that measures (also what the IOC's CamRot runs)."""
+    cmd = [sys.executable, "-m", "tomocorioc.worker.camrot", "--rows", rows, "--search-width", f"{search_width:g}"]
+    if device:
+        cmd += ["--device", device]
+    return cmd + ["--"] + [os.fspath(f) for f in files]
+
+
 def run_camrot(args: argparse.Namespace) -> int:
     """0 when every file gave a tilt, 1 when one failed, 2 on bad options."""
-    from tomocorioc.worker.camrot import measure_tilt, parse_fractions   # torch: only when measuring
-    from tomocorioc.worker.recon.torch_backend import default_device
     try:
-        fractions = parse_fractions(args.rows)
-        base = ReconParams(search_width=args.search_width)
-    except (ValueError, ParamError) as exc:
+        parse_fractions(args.rows)
+        ReconParams(search_width=args.search_width)
+    except ValueError as exc:
         print(json.dumps({"status": "error", "error": str(exc)}) if args.json else f"tomocorioc camrot: error: {exc}")
         return 2
-    device = args.device or default_device()
-    failed = 0
-    for name in args.files:
-        rec: Dict[str, Any]
-        try:
-            params, warning = sidecar.resolve(name, base)
-            if warning:
-                log.warning("%s", warning)
-            rec = measure_tilt(name, params.replace(rotation_axis=None), fractions, device=device)
-        except (ValueError, OSError, RuntimeError) as exc:
-            failed += 1
-            rec = {"file": name, "status": "error", "error": str(exc).splitlines()[0] if str(exc) else repr(exc)}
-        _emit(rec, args.json)
-    return 1 if failed else 0
+    cmd = worker_command(list(args.files), args.rows, args.search_width, args.device)
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                log.warning("camrot worker: %s", line.rstrip())
+                continue
+            _emit(rec, args.json)
+    if proc.returncode not in (0, 1):
+        print(f"tomocorioc camrot: the worker process failed (exit {proc.returncode})", file=sys.stderr)
+        return 1
+    return proc.returncode
 
 
 def _emit(rec: Dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(rec), flush=True)
         return
-    if rec["status"] != "ok":
-        print(f"{rec['file']}: error: {rec['error']}", flush=True)
+    if rec.get("status") != "ok":
+        print(f"{rec.get('file', 'camrot')}: error: {rec.get('error')}", flush=True)
         return
-    pairs: List[str] = [f"{r}:{c:.2f}" for r, c in zip(rec["rows"], rec["cors"])]
+    pairs = [f"{r}:{c:.2f}" for r, c in zip(rec["rows"], rec["cors"])]
     r2 = "n/a" if rec["r2"] is None else f"{rec['r2']:.4f}"
     print(f"{rec['file']}: tilt {rec['tilt_deg']:+.3f}° (--rotate-proj-angle {rec['tilt_deg']:g}), "
           f"COR {rec['cor']:.2f} at row {rec['row']}, slope {rec['slope_px_per_row']:+.5f} px/row, r2 {r2}, "

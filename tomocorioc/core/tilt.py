@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 import numpy as np
 
+DEFAULT_FRACTIONS = (0.1, 0.5, 0.9)   # CamRot's rows (tomocupy's nsino: 0 top, 1 bottom)
 # Drift (px between the top and the bottom row used) above which infer asks for review.
 DRIFT_REVIEW_PX = 1.0
 
@@ -71,3 +72,16 @@ def drift_note(top_row: int, top_cor: float, bottom_row: int, bottom_cor: float,
     angle = angle_for_slope(drift / (bottom_row - top_row))
     return f"axis tilted by about {angle:.2f}°: run CamRot (COR {top_cor:.2f} at row {top_row}, " \
            f"{bottom_cor:.2f} at row {bottom_row})"
+
+
+def parse_fractions(text: str) -> Tuple[float, ...]:
+    """'0.1,0.5,0.9' -> (0.1, 0.5, 0.9): three or more distinct row positions in [0, 1]."""
+    try:
+        vals = tuple(float(x) for x in str(text).replace(" ", "").split(",") if x != "")
+    except ValueError:
+        raise ValueError(f"rows must be comma-separated numbers in [0, 1] (0 top, 1 bottom), got {text!r}") from None
+    if len(set(vals)) < 3:
+        raise ValueError(f"rows needs three or more distinct positions (0 top, 1 bottom), got {text!r}")
+    if any(not 0.0 <= v <= 1.0 for v in vals):
+        raise ValueError(f"row positions must be in [0, 1] (0 top, 1 bottom), got {text!r}")
+    return tuple(sorted(vals))

@@ -8,33 +8,21 @@ numbers; its slope gives the angle for tomocupy's ``--rotate-proj-angle``.
 """
 from __future__ import annotations
 
+import argparse
+import json
 import logging
+import sys
 from pathlib import Path
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Optional, Sequence, TextIO
 
 import numpy as np
 
 from tomocorioc.core.params import ReconParams
-from tomocorioc.core.tilt import fit_tilt
+from tomocorioc.core.tilt import DEFAULT_FRACTIONS, fit_tilt, parse_fractions
 from tomocorioc.data.dxfile import DXFile
 from tomocorioc.worker.cor.rows import cors_at_rows
 
 log = logging.getLogger(__name__)
-
-DEFAULT_FRACTIONS = (0.1, 0.5, 0.9)
-
-
-def parse_fractions(text: str) -> tuple:
-    """'0.1,0.5,0.9' -> (0.1, 0.5, 0.9): three or more distinct row positions in [0, 1]."""
-    try:
-        vals = tuple(float(x) for x in str(text).replace(" ", "").split(",") if x != "")
-    except ValueError:
-        raise ValueError(f"rows must be comma-separated numbers in [0, 1] (0 top, 1 bottom), got {text!r}") from None
-    if len(set(vals)) < 3:
-        raise ValueError(f"rows needs three or more distinct positions (0 top, 1 bottom), got {text!r}")
-    if any(not 0.0 <= v <= 1.0 for v in vals):
-        raise ValueError(f"row positions must be in [0, 1] (0 top, 1 bottom), got {text!r}")
-    return tuple(sorted(vals))
 
 
 def measure_tilt(path: Path, params: ReconParams, fractions: Sequence[float] = DEFAULT_FRACTIONS, *,
@@ -57,3 +45,48 @@ def measure_tilt(path: Path, params: ReconParams, fractions: Sequence[float] = D
             "rows": fit.rows, "cors": [round(c, 3) for c in fit.cors],
             "slope_px_per_row": round(fit.slope_px_per_row, 6),
             "r2": None if fit.r2 != fit.r2 else round(fit.r2, 5), "row": mid}
+
+
+def run(files: Sequence[str], fractions: Sequence[float], search_width: float, device: str,
+        out: TextIO = sys.stdout) -> int:
+    """Measure each file and write one JSON line per file to ``out``; 0 when all succeeded, else 1."""
+    from tomocorioc.core import sidecar  # pure
+    failed = 0
+    base = ReconParams(search_width=search_width)
+    for name in files:
+        rec: Dict[str, Any]
+        try:
+            params, warning = sidecar.resolve(name, base)
+            if warning:
+                log.warning("%s", warning)
+            # The raw camera tilt: an angle already applied in the sidecar is not used here.
+            rec = measure_tilt(Path(name), params.replace(rotation_axis=None, rotate_proj_angle=0.0), fractions,
+                               device=device)
+        except (ValueError, OSError, RuntimeError) as exc:
+            failed += 1
+            rec = {"file": str(name), "status": "error", "error": (str(exc).splitlines() or [repr(exc)])[0]}
+        out.write(json.dumps(rec) + "\n")
+        out.flush()
+    return 1 if failed else 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m tomocorioc.worker.camrot [--rows R] [--search-width W] [--device D] FILE...`` (JSON lines)."""
+    ap = argparse.ArgumentParser(prog="tomocorioc.worker.camrot")
+    ap.add_argument("files", nargs="+")
+    ap.add_argument("--rows", default=",".join(f"{f:g}" for f in DEFAULT_FRACTIONS))
+    ap.add_argument("--search-width", type=float, default=ReconParams().search_width)
+    ap.add_argument("--device", default=None)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        fractions = parse_fractions(args.rows)
+    except ValueError as exc:
+        sys.stdout.write(json.dumps({"status": "error", "error": str(exc)}) + "\n")
+        return 2
+    from tomocorioc.worker.recon.torch_backend import default_device
+    return run(args.files, fractions, args.search_width, args.device or default_device())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

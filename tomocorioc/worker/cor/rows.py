@@ -25,7 +25,7 @@ from tomocorioc.worker.cor import classical
 from tomocorioc.worker.cor.vo import find_center_vo
 from tomocorioc.worker.recon import fbp
 from tomocorioc.worker.recon.preprocess import preprocess
-from tomocorioc.worker.recon.rotate import rotate_rows, source_rows
+from tomocorioc.worker.recon.rotate import rotated_sinograms
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +43,13 @@ class RowCor:
 def row_sinogram(scan: DXFile, row: int, params: ReconParams, rotate_deg: float = 0.0,
                  device: str = "cpu") -> torch.Tensor:
     """The pre-processed (nproj, ncols) sinogram of one row, projections rotated by ``rotate_deg``."""
-    a0, a1 = source_rows(row, row + 1, rotate_deg, scan.nrows, scan.ncols)
-    block = scan.read_rows(a0, a1)
-    t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
-    sino = preprocess(t(block.proj), t(block.flat), t(block.dark), dezinger_width=params.dezinger,
-                      dezinger_threshold=params.dezinger_threshold)            # (rows, nproj, ncols)
     if rotate_deg:
-        sino = rotate_rows(sino.permute(1, 0, 2), a0, row, row + 1, rotate_deg, scan.nrows).permute(1, 0, 2)
-    else:
-        sino = sino[row - a0:row - a0 + 1]
-    return sino[0]
+        rot = params.replace(rotate_proj_angle=float(rotate_deg), binning=0, remove_stripe_method="none")
+        return rotated_sinograms(scan, row, row + 1, rot, torch.device(device))[0]
+    block = scan.read_rows(row, row + 1)
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
+    return preprocess(t(block.proj), t(block.flat), t(block.dark), dezinger_width=params.dezinger,
+                      dezinger_threshold=params.dezinger_threshold)[0]
 
 
 def vo_estimate(sino: torch.Tensor) -> Optional[float]:

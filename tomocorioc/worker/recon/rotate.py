@@ -9,9 +9,14 @@ needs input rows up to ``margin_rows`` away, so a caller reads that many more.
 from __future__ import annotations
 
 import math
-from typing import Tuple
+from typing import TYPE_CHECKING, Tuple
 
+import numpy as np
 import torch
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from tomocorioc.core.params import ReconParams
+    from tomocorioc.data.dxfile import DXFile
 
 
 def margin_rows(angle_deg: float, ncols: int) -> int:
@@ -56,4 +61,30 @@ def rotate_rows(block: torch.Tensor, a0: int, r0: int, r1: int, angle_deg: float
             idx = (yy.clamp(0, nb - 1) * ncols + xx.clamp(0, ncols - 1)).reshape(-1)
             w = (wyy * wxx * ok).to(block.dtype).reshape(1, -1)
             out += (flat[:, idx] * w).reshape(nproj, r1 - r0, ncols)
+    return out
+
+
+def rotated_sinograms(scan: "DXFile", r0: int, r1: int, params: "ReconParams",
+                      device: torch.device) -> torch.Tensor:
+    """Pre-processed sinograms (rows, nproj, ncols) of rows [r0, r1) after rotating the projections.
+
+    Rows are in unbinned detector units (multiples of 2**binning); the rotation
+    happens on the binned, normalised, -log projections (about the binned
+    detector's centre, which is the same point), and ring removal after it,
+    because rings belong to the detector columns of the rotated image.
+    """
+    from tomocorioc.worker.recon.preprocess import preprocess, remove_stripes_sort  # local: no cycle
+
+    f = 2 ** params.binning
+    nb, ncb = scan.nrows // f, scan.ncols // f
+    b0, b1 = r0 // f, max(r0 // f + 1, r1 // f)
+    a0, a1 = source_rows(b0, b1, params.rotate_proj_angle, nb, ncb)
+    block = scan.read_rows(a0 * f, a1 * f, binning=params.binning)
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
+    sino = preprocess(t(block.proj), t(block.flat), t(block.dark), dezinger_width=params.dezinger,
+                      dezinger_threshold=params.dezinger_threshold)          # (rows, nproj, ncols)
+    proj = rotate_rows(sino.permute(1, 0, 2), a0, b0, b1, params.rotate_proj_angle, nb)
+    out = proj.permute(1, 0, 2).contiguous()
+    if params.remove_stripe_method == "sort":
+        out = remove_stripes_sort(out)
     return out
