@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from tomocorioc.core import sidecar
 from tomocorioc.core.params import FILTERS, ParamError, ReconParams
 from tomocorioc.worker.recon import fbp
 from tomocorioc.worker.recon.reference import reference_fbp
@@ -110,9 +111,15 @@ def test_every_filter_keeps_the_density(filt):
     assert img[iy - 3:iy + 4, ix - 3:ix + 4].mean() == pytest.approx(0.01, rel=0.06 if filt == "parzen" else 0.01)
 
 
-def test_butterworth_is_retired_with_a_clear_message():
+def test_butterworth_is_retired_with_a_clear_message(tmp_path, caplog):
     with pytest.raises(ParamError, match="'butterworth' is no longer offered.*'parzen'"):
         ReconParams(fbp_filter="butterworth")
+    # An old sidecar migrates to the nearest tomocupy filter (and says so) instead of being dropped whole.
+    scan = tmp_path / "s.h5"
+    sidecar.sidecar_path(scan).write_text('{"params": {"fbp_filter": "butterworth", "search_width": 7}}')
+    params, warning = sidecar.resolve(scan, ReconParams())
+    assert warning is None and params.fbp_filter == "parzen" and params.search_width == 7
+    assert any("'butterworth' is no longer offered" in r.getMessage() for r in caplog.records)
 
 
 def test_uneven_angles_are_weighted():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import socket
 import time
@@ -331,7 +332,7 @@ class _Base(PVGroup):
     # -- status ------------------------------------------------------------------
     async def _publish(self, values: Dict[str, Any]) -> None:
         for name, value in values.items():
-            if self._last.get(name, object()) == value:
+            if self._last.get(name, object()) == value or (_isnan(value) and _isnan(self._last.get(name))):
                 continue
             p = self.defs.get(name)
             if p is None:
@@ -340,6 +341,8 @@ class _Base(PVGroup):
             severity = 0
             if p.kind is Kind.MBBI and name.endswith("Status"):
                 severity = ROW_SEVERITY.get(p.enums[int(value)], 0)
+            elif _isnan(value):
+                severity = 3   # INVALID: no value (a display must not show a made-up number)
             try:
                 await self._props[name].write(out, verify_value=False, severity=severity)
             except (ValueError, TypeError) as exc:   # a bug in the snapshot: log, keep serving
@@ -417,6 +420,11 @@ def build_group(prefix: str, controller: Controller, autosave_file: Optional[Pat
 
 async def _putter(group: _Base, instance: Any, value: Any) -> Any:
     return await group.handle_put(instance, value)
+
+
+def _isnan(value: Any) -> bool:
+    """A float NaN (a status value that does not exist)."""
+    return isinstance(value, float) and math.isnan(value)
 
 
 __all__ = ["RobustContext", "build_group", "STATUS_PERIOD"]

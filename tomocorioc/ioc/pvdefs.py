@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import math
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -180,6 +181,8 @@ def _table() -> Tuple[PVDef, ...]:
         _cmd("ClearDone", "Remove finished rows", "Clear"),
         _cmd("ApplyParams", "Selected sidecar to enabled rows", "Apply"),
         _cmd("RemoveSelected", "Remove the selected row", "Remove"),
+        _cmd("CamRot", "Measure the selected file's camera tilt", "Measure"),
+        _cmd("ApplyTilt", "Store the tilt in the selected sidecar", "Apply"),
         _b("Paused", S, "Queue paused", "Running", "Paused", out=False),
         # -- queue status
         PVDef("QueueLength", Kind.LONGIN, S, "Rows in the queue", 0),
@@ -208,6 +211,9 @@ def _table() -> Tuple[PVDef, ...]:
         PVDef("Selected:Confidence", Kind.AI, S, "COR confidence (0..1)", 0.0, lo=0, hi=1, prec=3),
         _b("Selected:NeedsReview", S, "COR needs review", "No", "Yes", out=False),
         PVDef("Selected:Error", Kind.LSI, S, "Error of the selected file", ""),
+        PVDef("Selected:Tilt", Kind.AI, S, "CamRot tilt (rotate-proj-angle)", math.nan, units="deg", prec=3),
+        PVDef("Selected:TiltR2", Kind.AI, S, "CamRot line fit R^2", math.nan, prec=4),
+        PVDef("Selected:TiltStatus", Kind.LSI, S, "CamRot: measuring, the result or error", ""),
         # -- per file, for screens
         PVDef("RowOffset", Kind.LONGOUT, X, "First queue row on the page", 0, lo=0, hi=100000),
     ]

@@ -194,6 +194,7 @@ LABELS: Dict[str, str] = {
     "Selected:Status": "Status", "Selected:Phase": "Phase", "Selected:Cor": "COR [px]", "Selected:CorSource": "Source",
     "Selected:Confidence": "Confidence", "Selected:NeedsReview": "Needs review", "Selected:Enable": "Enable",
     "Selected:Series": "Series", "Selected:Error": "Error", "RowOffset": "First row", "QueueLength": "Rows in queue",
+    "Selected:Tilt": "Tilt [deg]", "Selected:TiltR2": "Tilt fit R2", "Selected:TiltStatus": "CamRot",
 }
 
 
@@ -258,7 +259,7 @@ def main_screen() -> Screen:
                 s.add(Widget("text", x, y, w, H, text=text, align="center"))
             x += w + 4
         y += PITCH
-    y = s.section(lx, y + 12, cw, 6, "Selected file")
+    y = s.section(lx, y + 12, cw, 8, "Selected file")
     s.field(wide, y, "SelectFile")
     for a, b in (("Selected:Status", "Selected:Phase"), ("Selected:Cor", "Selected:CorSource"),
                  ("Selected:Confidence", "Selected:NeedsReview"), ("Selected:Enable", "Selected:Series")):
@@ -266,6 +267,9 @@ def main_screen() -> Screen:
         s.field(left, y, a, alarm=a == "Selected:Status")
         s.field(right, y, b)
     s.field(wide, y + PITCH, "Selected:Error")
+    s.field(left, y + 2 * PITCH, "Selected:Tilt")       # CamRot
+    s.field(right, y + 2 * PITCH, "Selected:TiltR2")
+    s.field(wide, y + 3 * PITCH, "Selected:TiltStatus")
     # right column
     y = s.section(rx, 40, cw, 3, "Commands")
     s.field((rx + 4, 106, cw - 116), y, "Enqueue")
