@@ -55,9 +55,11 @@ def test_row_option_and_drift_note():
     for bad, why in (("0.1,0.9", "three or more"), ("0.1,x,0.9", "comma-separated"), ("0,0.5,1.5", r"\[0, 1\]")):
         with pytest.raises(ValueError, match=why):
             parse_fractions(bad)
-    assert drift_note(19, 50.0, 171, 50.9) == ""
-    note = drift_note(19, 50.0, 171, 52.0)
+    assert drift_note([19, 171], [50.0, 50.9]) == ""
+    note = drift_note([19, 95, 171], [50.0, 51.1, 52.0])
     assert note.startswith(f"axis tilted by about {angle_for_slope(2.0 / 152):.2f}°: run CamRot")
+    assert drift_note([19, 95, 171], [50.0, 53.5, 52.0]) == ""      # not on a line: noise, not a tilt
+    assert drift_note([19, 95, 171], [50.0, None, 52.0]) == note and drift_note([19, 171], [None, 52.0]) == ""
 
 
 def test_rotation_is_ndimage_rotate_axes_2_1():

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -63,15 +63,26 @@ def fit_tilt(rows: Sequence[int], cors: Sequence[float], row_mid: float) -> Tilt
                    tilt_deg=angle_for_slope(float(slope)))
 
 
-def drift_note(top_row: int, top_cor: float, bottom_row: int, bottom_cor: float,
-               limit: float = DRIFT_REVIEW_PX) -> str:
-    """The review reason when the COR drifts by more than ``limit`` px between two rows, else ''."""
-    drift = float(bottom_cor) - float(top_cor)
-    if abs(drift) <= limit or bottom_row == top_row:
+def drift_note(rows: Sequence[int], cors: Sequence[Optional[float]], limit: float = DRIFT_REVIEW_PX) -> str:
+    """The review reason when the COR drifts by more than ``limit`` px from the first to the last row, else ''.
+
+    ``rows``/``cors`` are the top, (optionally) middle and bottom estimates.
+    A tilt moves the three along a line; when the middle one is far off that
+    line the estimates disagree for another reason (noise, a sample filling
+    the field of view) and no tilt is claimed.
+    """
+    if len(rows) != len(cors) or len(rows) < 2 or cors[0] is None or cors[-1] is None or rows[-1] == rows[0]:
         return ""
-    angle = angle_for_slope(drift / (bottom_row - top_row))
-    return f"axis tilted by about {angle:.2f}°: run CamRot (COR {top_cor:.2f} at row {top_row}, " \
-           f"{bottom_cor:.2f} at row {bottom_row})"
+    top, bottom = float(cors[0]), float(cors[-1])
+    drift = bottom - top
+    if abs(drift) <= limit:
+        return ""
+    slope = drift / (rows[-1] - rows[0])
+    for r, c in zip(rows[1:-1], cors[1:-1]):
+        if c is not None and abs(float(c) - (top + slope * (r - rows[0]))) > max(0.5, 0.25 * abs(drift)):
+            return ""
+    return f"axis tilted by about {angle_for_slope(slope):.2f}°: run CamRot (COR {top:.2f} at row {rows[0]}, " \
+           f"{bottom:.2f} at row {rows[-1]})"
 
 
 def parse_fractions(text: str) -> Tuple[float, ...]:

@@ -50,5 +50,5 @@ def drift_check(path: Path, params: ReconParams, middle: Optional[float] = None)
     if found[0] is None or found[2] is None:
         return out
     out["drift_px"] = round(float(found[2] - found[0]), 3)
-    out["note"] = drift_note(rows[0], found[0], rows[2], found[2])
+    out["note"] = drift_note(rows, found)
     return out
