@@ -32,10 +32,43 @@ BAND_ROWS = 5
 BAND_STEP = 3
 
 
+# A band whose CORs scatter more than this around their median has no usable structure (e.g. rows that
+# only cut a uniform disk centred on the axis, which looks the same from every angle).
+BAND_SPREAD_PX = 0.75
+# How far (share of the detector height) and how often a band without structure moves toward the middle.
+BAND_SHIFT = 0.05
+BAND_TRIES = 4
+
+
 def band(row: int, nrows: int, size: int = BAND_ROWS, step: int = BAND_STEP) -> List[int]:
     """The rows measured for one requested row: ``size`` rows ``step`` apart around it, inside the detector."""
     half = (size - 1) // 2
     return sorted({min(nrows - 1, max(0, row + k * step)) for k in range(-half, half + 1)})
+
+
+def _band_ok(cors: Sequence[float]) -> bool:
+    med = float(np.median(cors))
+    return len(cors) >= 2 and max(abs(c - med) for c in cors) <= BAND_SPREAD_PX
+
+
+def _measure_band(scan: DXFile, fraction: float, params: ReconParams, device: str,
+                  band_rows: int) -> Dict[int, float]:
+    """CORs of the band at ``fraction`` (moved toward the middle while it has no usable structure)."""
+    toward = 1.0 if fraction < 0.5 else -1.0 if fraction > 0.5 else 0.0
+    tried: List[int] = []
+    for k in range(BAND_TRIES + 1 if toward else 1):
+        f = fraction + toward * k * BAND_SHIFT
+        if toward and (f - 0.5) * (fraction - 0.5) <= 0:
+            break
+        rows = band(scan.row_index(f), scan.nrows, band_rows)
+        found = {rc.row: rc.cor for rc in cors_at_rows(scan, rows, params, device=device)}
+        if _band_ok(list(found.values())):
+            if k:
+                log.info("%s: rows near %.2f have no usable structure; used rows near %.2f", scan.path, fraction, f)
+            return found
+        tried.append(scan.row_index(f))
+    raise ValueError(f"no usable structure for a COR near row {tried[0]} (tried rows {tried}): the CORs of "
+                     f"neighbouring rows disagree; give --rows inside the sample")
 
 
 def measure_tilt(path: Path, params: ReconParams, fractions: Sequence[float] = DEFAULT_FRACTIONS, *,
@@ -46,18 +79,19 @@ def measure_tilt(path: Path, params: ReconParams, fractions: Sequence[float] = D
         span = float(np.ptp(theta)) if theta.size else 0.0
         if not 170.0 <= span <= 190.0:
             raise ValueError(f"theta spans {span:.1f}°; CamRot needs a 180° scan")
-        rows = sorted({scan.row_index(f) for f in fractions})
-        if len(rows) < 3:
-            raise ValueError(f"{scan.nrows} detector rows give only {len(rows)} distinct rows for {list(fractions)}")
-        bands = [band(r, scan.nrows, band_rows) for r in rows]
-        found = {rc.row: rc.cor for rc in cors_at_rows(scan, sorted({r for b in bands for r in b}), params,
-                                                       device=device)}
+        fractions = sorted(set(fractions))
+        if len({scan.row_index(f) for f in fractions}) < 3:
+            raise ValueError(f"{scan.nrows} detector rows give fewer than 3 distinct rows for {list(fractions)}")
+        bands = [_measure_band(scan, f, params, device, band_rows) for f in fractions]
         mid = scan.row_index(0.5)
+    found = {r: c for b in bands for r, c in b.items()}
     measured = sorted(found)
+    if len({round(float(np.mean(list(b)))) for b in bands}) < 3:
+        raise ValueError("fewer than 3 distinct rows with usable structure; give --rows inside the sample")
     fit = fit_tilt(measured, [found[r] for r in measured], row_mid=mid)
     # Per requested row: the band's mean COR at the band's mean row (the drift is linear).
-    band_rows_mean = [int(round(float(np.mean(b)))) for b in bands]
-    band_cors = [float(np.mean([found[r] for r in b])) for b in bands]
+    band_rows_mean = [int(round(float(np.mean(list(b))))) for b in bands]
+    band_cors = [float(np.mean(list(b.values()))) for b in bands]
     log.info("%s: tilt %.3f deg (slope %.5f px/row, r2 %.4f), COR %.2f at row %d", path, fit.tilt_deg,
              fit.slope_px_per_row, fit.r2, fit.cor, mid)
     return {"file": str(path), "status": "ok", "tilt_deg": round(fit.tilt_deg, 4), "cor": round(fit.cor, 3),
