@@ -61,14 +61,16 @@ def _measure_band(scan: DXFile, fraction: float, params: ReconParams, device: st
         if toward and (f - 0.5) * (fraction - 0.5) <= 0:
             break
         rows = band(scan.row_index(f), scan.nrows, band_rows)
-        found = {rc.row: rc.cor for rc in cors_at_rows(scan, rows, params, device=device)}
-        if _band_ok(list(found.values())):
+        measured = cors_at_rows(scan, rows, params, device=device)
+        found = {rc.row: rc.cor for rc in measured}
+        # A peak on the grid's edge is the metric still rising, not a COR (rows without structure do that).
+        if _band_ok(list(found.values())) and not any(rc.at_edge for rc in measured):
             if k:
                 log.info("%s: rows near %.2f have no usable structure; used rows near %.2f", scan.path, fraction, f)
             return found
         tried.append(scan.row_index(f))
-    raise ValueError(f"no usable structure for a COR near row {tried[0]} (tried rows {tried}): the CORs of "
-                     f"neighbouring rows disagree; give --rows inside the sample")
+    raise ValueError(f"no usable structure for a COR near row {tried[0]} (tried rows {tried}): no COR peak "
+                     f"inside the grid, or neighbouring rows disagree; give --rows inside the sample")
 
 
 def measure_tilt(path: Path, params: ReconParams, fractions: Sequence[float] = DEFAULT_FRACTIONS, *,

@@ -38,6 +38,7 @@ class RowCor:
     cor: float
     estimate: Optional[float]   # Vo's sinogram estimate at that row (None when it could not be made)
     confidence: float
+    at_edge: bool = False       # the peak is within two steps of the grid's ends: no real peak found
 
 
 def row_sinogram(scan: DXFile, row: int, params: ReconParams, rotate_deg: float = 0.0,
@@ -81,7 +82,10 @@ def cor_at_row(scan: DXFile, row: int, params: ReconParams, *, rotate_deg: float
         done.extend(float(c) for c in chunk)
     scores = classical.score_images(images, done, metric)
     choice = choose(scores.centers, scores.scores, estimate=estimate)
-    return RowCor(row=int(row), cor=float(choice.cor), estimate=estimate, confidence=float(choice.confidence))
+    edge = 2 * params.search_step + 1e-9
+    at_edge = bool(choice.grid_cor - min(done) <= edge or max(done) - choice.grid_cor <= edge)
+    return RowCor(row=int(row), cor=float(choice.cor), estimate=estimate, confidence=float(choice.confidence),
+                  at_edge=at_edge)
 
 
 def cors_at_rows(scan: DXFile, rows: Sequence[int], params: ReconParams, **kw) -> List[RowCor]:
