@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import math
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -497,11 +499,63 @@ def case_enqueue(ctl: Controller, svc: Service, data: Path, ids: List[int]) -> N
     assert svc.queue.find(path) is not None and svc.messages[-1] == f"queued 1 of 1 file(s) from {path}"
 
 
+def _camrot_finished(ctl: Controller, path: str, timeout: float = 300.0) -> Any:
+    """Wait for the CamRot worker process of ``path`` (a real one) to report."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        res = ctl.camrot.result(path)
+        if res is not None and res.state != "measuring":
+            return res
+        time.sleep(0.2)
+    raise AssertionError(f"CamRot of {path} did not finish in {timeout:g} s")
+
+
+def case_camrot(ctl: Controller, svc: Service, data: Path, ids: List[int]) -> None:
+    """On a file that is no scan (the populated rows): the worker's error arrives, Tilt stays NaN (INVALID)."""
+    path = svc.queue.row(ids[0]).path
+    snap = ctl.snapshot()
+    assert math.isnan(snap["Selected:Tilt"]) and math.isnan(snap["Selected:TiltR2"])
+    assert snap["Selected:TiltStatus"] == ""
+    assert ctl.put("CamRot", 1) == 0 and svc.messages[-1] == "CamRot: measuring s_0001.h5"
+    assert ctl.snapshot()["Selected:TiltStatus"] == "measuring"
+    res = _camrot_finished(ctl, path)
+    assert res.state == "error" and res.error
+    snap = ctl.snapshot()
+    assert math.isnan(snap["Selected:Tilt"]) and snap["Selected:TiltStatus"] == res.error
+    assert svc.messages[-1] == f"CamRot s_0001.h5: {res.error}"
+    refused(ctl, "ApplyTilt", 1, "no CamRot result for the selected file")
+
+
+def case_apply_tilt(ctl: Controller, svc: Service, data: Path, ids: List[int]) -> None:
+    """A real tilted scan: CamRot measures it in a worker process, ApplyTilt stores the angle in its sidecar."""
+    from tomocorioc.sim import SimConfig, simulate_scan
+    refused(ctl, "ApplyTilt", 1, "no CamRot result for the selected file")
+    path = str(data / "tilted_0001.h5")
+    simulate_scan(path, SimConfig(ncols=64, nrows=32, nproj=61, tilt=1.0, seed=2))
+    svc.enqueue([path], TRY_ONLY)
+    ctl.put("SelectFile", path)
+    ctl.put("CenterSearchWidth", 8.0)
+    assert ctl.put("CamRot", 1) == 0
+    refused(ctl, "CamRot", 1, "already measuring tilted_0001.h5")
+    res = _camrot_finished(ctl, path)
+    assert res.state == "ok", res
+    assert res.tilt_deg == pytest.approx(1.0, abs=0.5)      # 32 rows: a rough angle, but the right one
+    snap = ctl.snapshot()
+    assert snap["Selected:Tilt"] == res.tilt_deg and snap["Selected:TiltR2"] == res.r2
+    assert ctl.put("ApplyTilt", 1) == 0
+    assert svc.params_for(path).rotate_proj_angle == pytest.approx(round(res.tilt_deg, 4))
+    assert svc.params_for(path).search_width == 8.0
+    assert svc.params_for(svc.queue.row(ids[0]).path).rotate_proj_angle == 0
+    stored = f"rotate_proj_angle {round(res.tilt_deg, 4):g}° stored for tilted_0001.h5"
+    assert svc.messages[-1].startswith(stored)
+
+
 # One case per command PV: the put that does the action (each starts from populated()).
 COMMAND_CASES: Dict[str, Callable[[Controller, Service, Path, List[int]], None]] = {
     "Enqueue": case_enqueue, "Start": case_start, "Abort": case_abort, "Pause": case_pause, "Resume": case_resume,
     "FixOutliers": case_fix_outliers, "RetryFailed": case_retry_failed, "ClearDone": case_clear_done,
     "ApplyParams": case_apply_params, "RemoveSelected": case_remove_selected, "ReloadAcf": case_reload_acf,
+    "CamRot": case_camrot, "ApplyTilt": case_apply_tilt,
 }
 
 
@@ -843,6 +897,17 @@ def test_autosave_restore_refuses_a_bad_value_alone(tmp_path: Path, data: Path, 
     assert group.pvdb["AS:MaxCorDelta"].value == 50.0 and group.pvdb["AS:NSino"].value == 0.25
     failed = [r.getMessage() for r in caplog.records if "Autosave restore failed" in r.getMessage()]
     assert len(failed) == 2 and "MaxCorDelta" in failed[0] and "outside the model roots" in failed[1]
+
+
+def test_autosave_of_a_retired_filter_migrates_to_its_nearest(tmp_path: Path, data: Path):
+    """An autosave file from before the filters became tomocupy's own ('butterworth'): parzen, said once."""
+    autosave = tmp_path / "autosave.json"
+    autosave.write_text(json.dumps({"AS:FbpFilter": {"value": "butterworth", "fields": {}}}))
+    svc, ctl, group = _ioc(data, tmp_path / "other.json")
+    ctl.put("FbpFilter", "ramp")
+    _restore(svc, group, autosave)
+    assert svc.settings.params.fbp_filter == "parzen" and group.pvdb["AS:FbpFilter"].value == "parzen"
+    assert any("'butterworth' is no longer offered" in m and "'parzen'" in m for m in svc.messages)
 
 
 def test_autosave_restore_skips_commands_and_unknown_names(tmp_path: Path, data: Path,

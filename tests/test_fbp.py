@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import torch
 
+from tomocorioc.core import sidecar
+from tomocorioc.core.params import FILTERS, ParamError, ReconParams
 from tomocorioc.worker.recon import fbp
 from tomocorioc.worker.recon.reference import reference_fbp
 
@@ -23,7 +25,8 @@ def disk_sinogram(n, nproj, cor, disks, endpoint=False):
     return th, sino
 
 
-@pytest.mark.parametrize("n,filt", [(64, "parzen"), (65, "shepp"), (48, "ramp"), (50, "butterworth")])
+@pytest.mark.parametrize("n,filt", [(64, "parzen"), (65, "shepp"), (48, "ramp"), (50, "hann"), (51, "hamming"),
+                                    (52, "cosine"), (53, "cosine2"), (54, "none")])
 def test_batched_try_equals_reference(n, filt):
     th, sino = disk_sinogram(n, 90, n / 2 + 1.7, [(5, -3, 12, 0.02), (-10, 8, 4, 0.05)])
     geom = fbp.FBPGeometry.create(n, th)
@@ -81,12 +84,42 @@ def test_sharpest_at_true_centre():
 
 
 def test_filter_responses():
-    for name in ("parzen", "shepp", "ramp", "butterworth"):
+    """Every tomocupy filter, with tomocupy's window at f = 0.25 and 0.5 cycles/px (d = 0.5)."""
+    ramp = fbp.filter_response("ramp", 256)
+    windows = {"ramp": (1.0, 1.0), "shepp": (np.sinc(0.25), np.sinc(0.5)), "parzen": (0.125, 0.0),
+               "hann": (0.5, 0.0), "hamming": (0.54, 0.08), "cosine": (np.cos(np.pi / 4), 0.0),
+               "cosine2": (0.5, 0.0)}
+    assert set(windows) | {"none"} == set(FILTERS)
+    for name, (quarter, nyquist) in windows.items():
         r = fbp.filter_response(name, 256)
         assert r.shape == (129,) and r[0] >= 0 and np.all(np.isfinite(r))
-    assert fbp.filter_response("parzen", 256)[-1] == pytest.approx(0.0, abs=1e-12)
-    with pytest.raises(ValueError):
-        fbp.filter_response("hann", 256)
+        assert r[64] / ramp[64] == pytest.approx(quarter, abs=1e-9), name
+        assert r[128] / ramp[128] == pytest.approx(nyquist, abs=1e-9), name
+    assert np.all(fbp.filter_response("none", 256) == fbp.filter_response("none", 256)[0])
+    with pytest.raises(ValueError, match="unknown filter 'butterworth'"):
+        fbp.filter_response("butterworth", 256)
+
+
+@pytest.mark.parametrize("filt", [f for f in FILTERS if f != "none"])
+def test_every_filter_keeps_the_density(filt):
+    n, cor = 96, 48.0
+    th, sino = disk_sinogram(n, 180, cor, [(4, -2, 20, 0.01)])
+    img = fbp.reconstruct(torch.tensor(sino[None], dtype=torch.float32), fbp.FBPGeometry.create(n, th),
+                          filt, torch.tensor([cor]))[0].numpy()
+    iy, ix = int(-2 + n / 2), int(4 + n / 2)
+    # parzen falls fastest at low frequencies: ~5 % low on a disk this size (tomocupy alike)
+    assert img[iy - 3:iy + 4, ix - 3:ix + 4].mean() == pytest.approx(0.01, rel=0.06 if filt == "parzen" else 0.01)
+
+
+def test_butterworth_is_retired_with_a_clear_message(tmp_path, caplog):
+    with pytest.raises(ParamError, match="'butterworth' is no longer offered.*'parzen'"):
+        ReconParams(fbp_filter="butterworth")
+    # An old sidecar migrates to the nearest tomocupy filter (and says so) instead of being dropped whole.
+    scan = tmp_path / "s.h5"
+    sidecar.sidecar_path(scan).write_text('{"params": {"fbp_filter": "butterworth", "search_width": 7}}')
+    params, warning = sidecar.resolve(scan, ReconParams())
+    assert warning is None and params.fbp_filter == "parzen" and params.search_width == 7
+    assert any("'butterworth' is no longer offered" in r.getMessage() for r in caplog.records)
 
 
 def test_uneven_angles_are_weighted():

@@ -27,7 +27,7 @@ STANDIN = textwrap.dedent('''\
     import numpy as np, h5py, tifffile
     argv = sys.argv[1:]
     log = Path(os.environ["STANDIN_LOG"]); log.write_text(json.dumps(argv))
-    a = dict(zip(argv[1::2], argv[2::2])) if argv[0] == "recon" else {{}}
+    a = dict(zip(argv[1::2], argv[2::2])) if argv[0] in ("recon", "recon_steps") else {{}}
     conf = a.get("--config")
     assert conf and os.path.getsize(conf) == 0, "config must be an empty file"
     if os.environ.get("STANDIN_MODE") == "silent":

@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     from tomocorioc.cli.audit import add_audit_arguments, run_audit
     add_audit_arguments(aud)
     aud.set_defaults(func=run_audit)
+    cam = sub.add_parser("camrot", help="camera tilt: the COR at 3+ rows and the --rotate-proj-angle that fixes it")
+    from tomocorioc.cli.camrot import add_camrot_arguments
+    add_camrot_arguments(cam)
+    cam.set_defaults(func=_cmd_camrot)
 
     demo = sub.add_parser("demo", help="live demo: the IOC and a simulated tomoScan on loopback, a short series")
     from tomocorioc.cli.demo import add_demo_arguments
@@ -110,6 +114,11 @@ def _cmd_sim_tomoscan(args: argparse.Namespace) -> int:
 def _cmd_gen_screens(args: argparse.Namespace) -> int:
     from tomocorioc.ioc import screens
     return screens.main(["--out-dir", str(args.out_dir)] + (["--check"] if args.check else []))
+
+
+def _cmd_camrot(args: argparse.Namespace) -> int:
+    from tomocorioc.cli.camrot import run_camrot
+    return run_camrot(args)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -15,7 +15,10 @@ from typing import Any, Dict, Optional, Tuple
 from tomocorioc.core.geometry import GEOMETRIES
 from tomocorioc.core.spec import SettingError, check_fields, setting
 
-FILTERS: Tuple[str, ...] = ("parzen", "shepp", "ramp", "butterworth")
+# tomocupy's --fbp-filter choices (parzen first: the default); tests/test_tomocupy_options.py checks them.
+FILTERS: Tuple[str, ...] = ("parzen", "shepp", "ramp", "hann", "hamming", "cosine", "cosine2", "none")
+# Filters this project once offered that tomocupy never had, with the nearest tomocupy filter.
+RETIRED_FILTERS: Dict[str, str] = {"butterworth": "parzen"}
 # 'sort' is the torch backend's own sorting-based ring filter (Vo et al. 2018,
 # sorting step only); the others are tomocupy's names and run only there.
 STRIPE_METHODS: Tuple[str, ...] = ("none", "sort", "fw", "ti", "vo-all")
@@ -62,10 +65,16 @@ class ReconParams:
     full_format: str = setting("tiff", choices=FULL_FORMATS, doc="Full reconstruction format")
     # auto: 180 or 360 from theta, 360-offset when the data show the axis near an edge.
     geometry: str = setting("auto", choices=GEOMETRIES, doc="Scan geometry (180, 360, 360-offset)")
+    # Camera tilt correction (CamRot/ApplyTilt, per dataset in the sidecar): tomocupy's --rotate-proj-angle.
+    rotate_proj_angle: float = setting(0.0, lo=-45.0, hi=45.0, units="deg",
+                                       doc="Projection rotation, counter-clockwise (camera tilt)")
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("search_width", "search_step", "nsino", "dezinger_threshold"):
+        if self.fbp_filter in RETIRED_FILTERS:
+            raise ParamError(f"fbp_filter {self.fbp_filter!r} is no longer offered (tomocupy has no such filter); "
+                             f"use {RETIRED_FILTERS[self.fbp_filter]!r} or one of {', '.join(FILTERS)}")
+        for name in ("search_width", "search_step", "nsino", "dezinger_threshold", "rotate_proj_angle"):
             _finite(name, getattr(self, name))   # a clear message for text and NaN before the range check
         if not isinstance(self.binning, int) or isinstance(self.binning, bool):
             raise ParamError(f"binning must be 0..3 (2**binning), got {self.binning!r}")
@@ -112,6 +121,8 @@ class ReconParams:
         payload = {k: d[k] for k in keep}
         if d.get("geometry", "auto") != "auto":   # only when set: digests of existing outputs stay valid
             payload["geometry"] = d["geometry"]
+        if self.rotate_proj_angle:  # only when set: digests of untilted outputs stay as they were
+            payload["rotate_proj_angle"] = round(float(self.rotate_proj_angle), 4)
         payload["phase"] = phase
         if cor is not None:
             payload["cor"] = round(float(cor), 3)

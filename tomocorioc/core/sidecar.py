@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from tomocorioc.core.params import ParamError, ReconParams
+from tomocorioc.core.params import RETIRED_FILTERS, ParamError, ReconParams
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,12 @@ def read_overrides(projection_file: str | Path) -> Dict[str, Any]:
     if not isinstance(data, dict):
         raise SidecarError(f"{path}: sidecar must hold a JSON object; ignored")
     data = data.get("params", data)
+    old = data.get("fbp_filter") if isinstance(data, dict) else None
+    if isinstance(old, str) and old in RETIRED_FILTERS:
+        # Written before the filters became tomocupy's own: migrate to the nearest one, loudly.
+        log.warning("%s: fbp_filter %r is no longer offered (tomocupy has no such filter); using %r",
+                    path, old, RETIRED_FILTERS[old])
+        data = {**data, "fbp_filter": RETIRED_FILTERS[old]}
     try:
         ReconParams.from_dict({**ReconParams().to_dict(), **data})
     except (ParamError, TypeError) as exc:

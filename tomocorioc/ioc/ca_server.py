@@ -360,7 +360,7 @@ class _Base(PVGroup):
     # -- status ------------------------------------------------------------------
     async def _publish(self, values: Dict[str, Any]) -> None:
         for name, value in values.items():
-            if self._last.get(name, object()) == value:
+            if self._last.get(name, object()) == value or (_isnan(value) and _isnan(self._last.get(name))):
                 continue
             p = self.defs.get(name)
             if p is None:
@@ -374,6 +374,8 @@ class _Base(PVGroup):
             if p.kind is Kind.MBBI and name.endswith("Status"):
                 severity = AlarmSeverity(ROW_SEVERITY.get(p.enums[int(value)], 0))
                 status = AlarmStatus.STATE if severity else AlarmStatus.NO_ALARM
+            elif _isnan(out):   # no value (e.g. no tilt measured): a display must not show a made-up number
+                status, severity = AlarmStatus.UDF, AlarmSeverity.INVALID_ALARM
             try:
                 await self._props[name].write(out, verify_value=False, status=status, severity=severity)
             except (ValueError, TypeError) as exc:   # a bug in the snapshot: log, keep serving
@@ -451,6 +453,11 @@ def build_group(prefix: str, controller: Controller, autosave_file: Optional[Pat
 
 async def _putter(group: _Base, instance: Any, value: Any) -> Any:
     return await group.handle_put(instance, value)
+
+
+def _isnan(value: Any) -> bool:
+    """A float NaN (a status value that does not exist)."""
+    return isinstance(value, float) and math.isnan(value)
 
 
 __all__ = ["RobustContext", "build_group", "STATUS_PERIOD"]

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import glob
 import logging
+import math
 import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from tomocorioc.core import sidecar
 from tomocorioc.core.jobs import Row, valid_cor
+from tomocorioc.core.params import RETIRED_FILTERS
 from tomocorioc.core.queue import QueueError
 from tomocorioc.core.spec import get_path
 from tomocorioc.core.tomolog_settings import check_beamline, check_cloud_service, check_presentation_url
@@ -24,6 +27,7 @@ from tomocorioc.data.errors import DatasetError
 from tomocorioc.data.scansize import scan_shape
 from tomocorioc.ioc.convert import PutError, enum_index, number, one_line, text
 from tomocorioc.ioc.pvdefs import MAX_SLOTS, PAGE_ROWS, ROW_STATUSES, PVDef, Role, by_name, short
+from tomocorioc.service.camrot import CamRotRunner, TiltResult
 from tomocorioc.service.local import host_gpus
 from tomocorioc.service.preflight import preflight
 from tomocorioc.service.protocol import ServiceAPI, SlotState
@@ -70,7 +74,7 @@ class Controller:
 
     def __init__(self, service: ServiceAPI, data_roots: Sequence[Path],
                  slot_factory: Optional[Callable[[Optional[str]], Sequence[Any]]] = None,
-                 trigger: Optional[TriggerManager] = None, *,
+                 trigger: Optional[TriggerManager] = None, camrot: Optional[CamRotRunner] = None, *,
                  model_roots: Optional[Sequence[Path]] = None,
                  model_check: Optional[Callable[[str], Optional[str]]] = None,
                  gpu_count: Optional[Callable[[], int]] = None) -> None:
@@ -101,7 +105,11 @@ class Controller:
             # Confined destinations: checked at put time, not when the TomoLog phase runs.
             "TomoLogUrl": self._checked(lambda v: check_presentation_url(v, tuple(self.tomolog_allow))),
             "TomoLogCloud": self._checked(check_cloud_service), "TomoLogBeamline": self._checked(check_beamline),
+            "CamRot": self._cmd(self._camrot), "ApplyTilt": self._cmd(self._apply_tilt),
+            "FbpFilter": self._put_fbp_filter,
         }
+        # CamRot measures in a worker process; its result arrives on a waiting thread.
+        self.camrot = camrot if camrot is not None else CamRotRunner(on_done=self._camrot_done)
 
     # -- puts ----------------------------------------------------------------------
     def put(self, name: str, value: Any) -> Any:
@@ -212,6 +220,16 @@ class Controller:
             self.trigger.complete_timeout = seconds
         return out
 
+    def _put_fbp_filter(self, p: PVDef, value: Any) -> Any:
+        """A filter this project no longer offers (an old autosave file, a script) becomes its nearest one."""
+        old = value.decode("latin-1") if isinstance(value, bytes) else value
+        if isinstance(old, str) and old.strip() in RETIRED_FILTERS:
+            new = RETIRED_FILTERS[old.strip()]
+            self.message(f"FbpFilter: {old.strip()!r} is no longer offered (tomocupy has no such filter); "
+                         f"using {new!r}")
+            value = new
+        return self._set(p, p.conv.to_setting(p, value))
+
     def relink(self) -> None:
         """Point the trigger at the configured tomoScan (or stop it) after a settings change."""
         if self.trigger is not None:
@@ -277,6 +295,27 @@ class Controller:
         targets = [r.id for r in self.service.queue.rows() if r.enabled and r.id != src.id]
         n = self.service.apply_params(src.id, targets)
         return f"parameters of {Path(src.path).name} copied to {n} row(s)"
+
+    def _camrot(self) -> str:
+        src = self._selected_row()
+        self.camrot.start(src.path, self.service.params_for(src.path).search_width)
+        return f"CamRot: measuring {Path(src.path).name}"
+
+    def _camrot_done(self, res: TiltResult) -> None:
+        name = Path(res.path).name
+        self.message(f"CamRot {name}: tilt {res.tilt_deg:+.3f}° (R² {res.r2:.4f}); ApplyTilt stores it"
+                     if res.state == "ok" else f"CamRot {name}: {res.error}")
+
+    def _apply_tilt(self) -> str:
+        src = self._selected_row()
+        res = self.camrot.result(src.path)
+        if res is None or res.state != "ok":
+            raise PutError("no CamRot result for the selected file (put 1 to CamRot first)"
+                           if res is None or res.state == "error" else "CamRot is still measuring")
+        params = self.service.params_for(src.path).replace(rotate_proj_angle=round(res.tilt_deg, 4))
+        sidecar.write(src.path, params, self.service.settings.params)
+        return (f"rotate_proj_angle {params.rotate_proj_angle:g}° stored for {Path(src.path).name}; "
+                "its next try and full reconstruction rotate the projections")
 
     def _remove_selected(self) -> str:
         src = self._selected_row()
@@ -467,6 +506,7 @@ class Controller:
         v["Selected:Phase"] = (sel.current_phase or "") if sel else ""
         v["Selected:Geometry"] = sel.geometry if sel else ""
         v["Selected:Error"] = (sel.error or sel.skipped or "") if sel else ""
+        v.update(self._tilt_values(sel))
         page = q.page(self.row_offset, PAGE_ROWS)
         colors = q.series_colors()
         for n in range(1, PAGE_ROWS + 1):
@@ -475,6 +515,15 @@ class Controller:
             v.update(self._row_values(pre, r, full_path=False))
             v[f"{pre}:SeriesColor"] = colors.get(r.series, 0) if r else 0
         return v
+
+    def _tilt_values(self, sel: Optional[Row]) -> Dict[str, Any]:
+        """Selected:Tilt* from the selected file's CamRot (NaN: not measured)."""
+        res = self.camrot.result(sel.path) if sel else None
+        ok = res is not None and res.state == "ok"
+        status = "" if res is None else (
+            f"tilt {res.tilt_deg:+.3f}° R² {res.r2:.4f}" if ok else res.error or res.state)
+        return {"Selected:Tilt": res.tilt_deg if ok else math.nan, "Selected:TiltR2": res.r2 if ok else math.nan,
+                "Selected:TiltStatus": status}
 
     @staticmethod
     def _row_values(pre: str, r: Optional[Row], full_path: bool = True) -> Dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import math
 from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -193,6 +194,8 @@ def _table() -> Tuple[PVDef, ...]:
         _cmd("ClearDone", "Remove finished rows", "Clear"),
         _cmd("ApplyParams", "Selected sidecar to enabled rows", "Apply"),
         _cmd("RemoveSelected", "Remove the selected row", "Remove"),
+        _cmd("CamRot", "Measure the selected file's camera tilt", "Measure"),
+        _cmd("ApplyTilt", "Store the tilt in the selected sidecar", "Apply"),
         _b("Paused", S, "Queue paused", "Running", "Paused", out=False),
         # -- access security (serve --acf) and the audit trail of puts
         _cmd("ReloadAcf", "Reload the access-security file", "Reload", asg="ADMIN"),
@@ -226,6 +229,9 @@ def _table() -> Tuple[PVDef, ...]:
         _b("Selected:NeedsReview", S, "COR needs review", "No", "Yes", out=False),
         PVDef("Selected:Error", Kind.LSI, S, "Error of the selected file", ""),
         PVDef("Selected:Geometry", Kind.STRINGIN, S, "Scan geometry: 180, 360 or 360-offset", ""),
+        PVDef("Selected:Tilt", Kind.AI, S, "CamRot tilt (rotate-proj-angle)", math.nan, units="deg", prec=3),
+        PVDef("Selected:TiltR2", Kind.AI, S, "CamRot line fit R^2", math.nan, prec=4),
+        PVDef("Selected:TiltStatus", Kind.LSI, S, "CamRot: measuring, the result or error", ""),
         # -- per file, for screens
         PVDef("RowOffset", Kind.LONGOUT, X, "First queue row on the page", 0, lo=0, hi=100000),
     ]

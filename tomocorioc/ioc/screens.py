@@ -200,6 +200,7 @@ LABELS: Dict[str, str] = {
     "Selected:Confidence": "Confidence", "Selected:NeedsReview": "Needs review", "Selected:Enable": "Enable",
     "Selected:Series": "Series", "Selected:Error": "Error", "RowOffset": "First row", "QueueLength": "Rows in queue",
     "AuditLast": "Last put",
+    "Selected:Tilt": "Tilt [deg]", "Selected:TiltR2": "Tilt fit R2", "Selected:TiltStatus": "CamRot",
 }
 
 
@@ -271,7 +272,7 @@ def main_screen() -> Screen:
     more = [p.name for p in pv_table() if p.name.startswith("Selected:") and p.name not in shown
             and p.role is not Role.COMMAND and p.kind not in (Kind.LSI, Kind.LSO)]   # e.g. the scan's geometry
     pairs += [tuple(more[i:i + 2]) for i in range(0, len(more), 2)]
-    y = s.section(lx, y + 12, cw, len(pairs) + 2, "Selected file")
+    y = s.section(lx, y + 12, cw, len(pairs) + 3, "Selected file")
     s.field(wide, y, "SelectFile")
     for pair in pairs:
         y += PITCH
@@ -279,6 +280,7 @@ def main_screen() -> Screen:
         if len(pair) > 1:
             s.field(right, y, pair[1])
     s.field(wide, y + PITCH, "Selected:Error")
+    s.field(wide, y + 2 * PITCH, "Selected:TiltStatus")   # CamRot (Selected:Tilt/TiltR2 are among the pairs)
     # right column
     y = s.section(rx, 40, cw, 3, "Commands")
     s.field((rx + 4, 106, cw - 116), y, "Enqueue")

@@ -198,6 +198,7 @@ async def _serve(args: argparse.Namespace, interfaces: List[str]) -> int:
     if pva_pub is not None:
         pva_pub.stop()
     await loop.run_in_executor(None, service.stop)
+    controller.camrot.close()   # a CamRot measurement still running is not left behind
     group.close()
     if access.audit is not None:
         access.audit.close()

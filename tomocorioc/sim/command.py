@@ -53,6 +53,9 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="0-based index of a scan whose COR jumps by --outlier-jump")
     parser.add_argument("--outlier-jump", type=float, default=30.0, metavar="PX",
                         help="outlier COR jump in px (default 30)")
+    parser.add_argument("--tilt", type=float, default=d.tilt, metavar="DEG",
+                        help="camera tilt: the axis drifts with the row; DEG is the --rotate-proj-angle "
+                             "(tomocupy, counter-clockwise) that straightens it (default 0)")
     parser.add_argument("--seed", type=int, default=d.seed, help="sample/instrument seed (default 0)")
     parser.add_argument("--workers", type=int, default=None, help="simulation threads (default: up to 4 cores)")
 
@@ -75,7 +78,8 @@ def run_simulate(args: argparse.Namespace) -> int:
                            theta_range=theta_range, half_acquisition=half,
                            noise=args.noise, phantom=args.phantom, rings=args.rings, zingers=args.zingers,
                            endpoint=args.endpoint, nflat=args.flats, ndark=args.darks, seed=args.seed,
-                           abort_fraction=args.abort_fraction, chunked=not args.contiguous)
+                           abort_fraction=args.abort_fraction, chunked=not args.contiguous,
+                           tilt=args.tilt)
         if args.workers is not None and args.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {args.workers}")
         start = time.perf_counter()

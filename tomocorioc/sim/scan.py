@@ -25,6 +25,7 @@ import numpy as np
 
 from tomocorioc.sim.phantoms import PHANTOMS, Phantom, make_phantom
 from tomocorioc.sim.projector import project
+from tomocorioc.sim.tilt import cor_rows, project_tilted, tilt_slope
 
 try:  # POSIX advisory lock so concurrent writers do not lose truth entries.
     import fcntl
@@ -70,6 +71,7 @@ class SimConfig:
     oversample: Tuple[int, int] = (0, 2)
     theta_range: float = 180.0       # 180 or 360 degrees
     half_acquisition: bool = False   # 360° with the axis near an edge: the sample is wider than the detector
+    tilt: float = 0.0   # degrees: tomocupy's --rotate-proj-angle that makes the axis vertical
 
     def __post_init__(self) -> None:
         for name, low in (("ncols", 16), ("nrows", 1), ("nproj", 2), ("nflat", 1), ("ndark", 1)):
@@ -90,6 +92,8 @@ class SimConfig:
                 and min(self.cor, self.ncols - self.cor) < MIN_OVERLAP / 2.0:
             raise ValueError(f"axis offset {self.offset:+g} puts the rotation axis at column {self.cor:g}: "
                              f"the two halves of the turn overlap by less than {MIN_OVERLAP:g} px")
+        if not (math.isfinite(self.tilt) and abs(self.tilt) <= 10.0):
+            raise ValueError(f"tilt must be within +-10 degrees, got {self.tilt}")
         if not 0.0 < self.cor < self.ncols:
             raise ValueError(f"offset {self.offset:+g} puts the rotation axis at column {self.cor:g}, "
                              f"outside the detector (0, {self.ncols})")
@@ -131,10 +135,12 @@ class SimConfig:
 
         With half acquisition the field of view is the far side's distance
         from the axis: the sample is cut by the near edge at every angle.
+        A tilted axis drifts across the rows, which narrows it further.
         """
+        drift = abs(tilt_slope(self.tilt)) * self.nrows / 2.0  # the axis moves this far at the top and bottom
         if self.half_acquisition:
-            return max(self.cor, self.ncols - self.cor) - FOV_MARGIN
-        return min(self.cor, self.ncols - self.cor) - FOV_MARGIN
+            return max(self.cor, self.ncols - self.cor) - FOV_MARGIN - drift
+        return min(self.cor, self.ncols - self.cor) - FOV_MARGIN - drift
 
     @property
     def geometry(self) -> str:
@@ -378,8 +384,12 @@ def write_scan(path: Union[str, Path], config: SimConfig, phantom: Phantom, *,
 
     def work(chunk: int) -> Tuple[np.ndarray, float]:
         a0 = chunk * step
-        lines = project(phantom, thetas_rad[a0:min(n_out, a0 + step)], config.ncols, config.nrows,
-                        config.cor, config.oversample)
+        angles = thetas_rad[a0:min(n_out, a0 + step)]
+        if config.tilt:
+            lines = project_tilted(phantom, angles, config.ncols, config.nrows, config.cor, config.tilt,
+                                   config.oversample)
+        else:
+            lines = project(phantom, angles, config.ncols, config.nrows, config.cor, config.oversample)
         return detector.projections(lines, chunk), float(lines.max())
 
     with h5py.File(path, "w") as f:
@@ -453,6 +463,10 @@ def write_scan(path: Union[str, Path], config: SimConfig, phantom: Phantom, *,
         "max_line_integral": round(peak, 6),
         "chunked": bool(config.chunked),
     }
+    if config.tilt:
+        # tilt_deg is what tomocupy's --rotate-proj-angle needs; cor_rows[r] is the axis in row r.
+        truth.update({"tilt_deg": float(config.tilt), "slope_px_per_row": tilt_slope(config.tilt),
+                      "cor_rows": [round(c, 6) for c in cor_rows(config.cor, config.tilt, config.nrows)]})
     truth.update(labels or {})
     log.info("wrote %s: %d/%d projections %dx%d, %s, cor %.3f (%.1f s)", path, n_written, config.nproj,
              config.nrows, config.ncols, config.phantom, config.cor, elapsed)

@@ -24,6 +24,8 @@ from tomocorioc.core.params import COR_METHODS, DEFAULT_METRIC, ParamError, Reco
 from tomocorioc.core.result import PhaseResult
 from tomocorioc.data.dxfile import DXFile
 from tomocorioc.worker.cor import classical
+from tomocorioc.worker.cor.drift import drift_check
+from tomocorioc.worker.cor.rows import row_sinogram
 from tomocorioc.worker.cor.vo import find_center_vo
 from tomocorioc.worker.recon import double_fov
 from tomocorioc.worker.recon.base import Backend, ReconError, write_json
@@ -62,6 +64,8 @@ def sinogram_estimate(scan: DXFile, params: ReconParams) -> Optional[float]:
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
     sino = preprocess(t(block.proj), t(block.flat), t(block.dark), dezinger_width=params.dezinger,
                       dezinger_threshold=params.dezinger_threshold)[0].numpy()
+    if params.rotate_proj_angle:  # an applied camera tilt: estimate on the rotated projections, as try sees them
+        sino = row_sinogram(scan, row, params, params.rotate_proj_angle).numpy()
     theta = scan.theta_deg()
     span = float(np.ptp(theta))
     if span < 170 or span > 190:
@@ -158,6 +162,11 @@ class Pipeline:
         choice, source = double_fov.prefer_overlap(choice, source, folder, estimate)
         if source == "overlap":
             cors = [choice.cor]
+        drift = drift_check(path, self.params, estimate)
+        record["drift"] = drift
+        if drift["note"]:   # a tilted axis: one COR cannot fit every row
+            choice.needs_review = True
+            choice.notes.append(drift["note"])
         layout.write_cor_file(folder, cors)
         record.update({"method": source, "cor": choice.cor, "grid_cor": choice.grid_cor,
                        "confidence": choice.confidence, "estimate": estimate,

@@ -41,27 +41,34 @@ def filter_response(name: str, ne: int) -> np.ndarray:
 
     The ramp is the DFT of the band-limited spatial ramp kernel (Kak & Slaney
     eq. 61), which gets the DC term right, unlike sampling |f| directly.
-    Windows follow tomocupy (d = 0.5): shepp sinc(f/2d), parzen (1 - f/d)^3,
-    butterworth 1/(1 + (f/d)^16).
+    Windows follow tomocupy's ``calc_filter`` (f in cycles/pixel, d = 0.5):
+    shepp sinc(f/2d), cosine cos(pi f/2d), cosine2 its square, hamming
+    0.54 + 0.46 cos(pi f/d), hann (1 + cos(pi f/d))/2, parzen (1 - f/d)^3;
+    ``none`` is no filter at all (a plain backprojection, blurred).
     """
     if name not in FILTERS:
         raise ValueError(f"unknown filter {name!r}; one of {', '.join(FILTERS)}")
+    f = np.fft.rfftfreq(ne)  # cycles / pixel, 0 .. 0.5
+    if name == "none":
+        # Scaled so a flat spectrum carries the ramp's mean gain: the image keeps its order of magnitude.
+        return np.full(f.shape, 0.25, dtype=np.float64)
     k = np.fft.fftfreq(ne, d=1.0 / ne)  # signed integer lags
     h = np.zeros(ne)
     h[0] = 0.25
     odd = (k.astype(np.int64) % 2) != 0
     h[odd] = -1.0 / (math.pi * k[odd]) ** 2
     ramp = np.fft.rfft(h).real
-    f = np.fft.rfftfreq(ne)  # cycles / pixel, 0 .. 0.5
     d = 0.5
-    if name == "ramp":
-        win = np.ones_like(f)
-    elif name == "shepp":
-        win = np.sinc(f / (2 * d))
-    elif name == "parzen":
-        win = (1 - f / d) ** 3
-    else:  # butterworth
-        win = 1.0 / (1.0 + (f / d) ** 16)
+    windows = {
+        "ramp": lambda: np.ones_like(f),
+        "shepp": lambda: np.sinc(f / (2 * d)),
+        "cosine": lambda: np.cos(np.pi * f / (2 * d)),
+        "cosine2": lambda: np.cos(np.pi * f / (2 * d)) ** 2,
+        "hamming": lambda: 0.54 + 0.46 * np.cos(np.pi * f / d),
+        "hann": lambda: (1 + np.cos(np.pi * f / d)) / 2.0,
+        "parzen": lambda: (1 - f / d) ** 3,
+    }
+    win = windows[name]()
     return (ramp * win).astype(np.float64)
 
 

@@ -34,6 +34,13 @@ from tomocorioc.worker.recon.base import (
 log = logging.getLogger(__name__)
 
 TOMOCUPY_STRIPE = ("none", "fw", "ti", "vo-all")
+# ``tomocupy recon_steps`` (the only command that rotates projections) knows fewer algorithms.
+STEPS_ALGORITHMS = ("fourierrec", "linerec")
+
+
+def subcommand(params: ReconParams) -> str:
+    """``recon``, or ``recon_steps`` when projections must be rotated (plain ``recon`` ignores the angle)."""
+    return "recon_steps" if params.rotate_proj_angle else "recon"
 
 
 def find_tomocupy(explicit: Optional[str] = None) -> Optional[str]:
@@ -63,6 +70,11 @@ def _common(params: ReconParams) -> List[str]:
     if params.remove_stripe_method not in TOMOCUPY_STRIPE:
         raise ReconError(f"tomocupy has no ring removal {params.remove_stripe_method!r} "
                          f"(tomocupy: {', '.join(TOMOCUPY_STRIPE)})")
+    steps = subcommand(params) == "recon_steps"
+    if steps and params.reconstruction_algorithm not in STEPS_ALGORITHMS:
+        raise ReconError(f"tomocupy recon_steps (needed to rotate projections by {params.rotate_proj_angle:g}°) "
+                         f"has no algorithm {params.reconstruction_algorithm!r} "
+                         f"(recon_steps: {', '.join(STEPS_ALGORITHMS)})")
     args = [
         "--file-type", "standard",
         "--binning", str(params.binning),
@@ -79,19 +91,22 @@ def _common(params: ReconParams) -> List[str]:
     ]
     if params.dezinger:
         # Only newer tomocupy releases know this flag; it matters only when dezinger is on.
-        args += ["--dezinger-threshold", f"{params.dezinger_threshold:g}"]
+        # tomocupy parses it as an int.
+        args += ["--dezinger-threshold", str(max(1, int(round(params.dezinger_threshold))))]
+    if steps:
+        args += ["--rotate-proj-angle", f"{params.rotate_proj_angle:g}", "--rotate-proj-order", "1"]
     return args
 
 
 def try_command(scan: Path, params: ReconParams, rotation_axis: float, *, program: str = "tomocupy",
                 config: Optional[Path] = None, geometry: str = geo.HALF) -> List[str]:
-    """``tomocupy recon --reconstruction-type try ...`` as an argument list.
+    """``tomocupy recon[_steps] --reconstruction-type try ...`` as an argument list.
 
     360-offset: ``--file-type double_fov`` with the axis in the original
     detector's columns (tomocupy stitches; its try names keep those columns).
     """
     width = geo.offset_search_width(params.search_width, geometry)
-    cmd = [program, "recon", "--file-name", str(scan), "--reconstruction-type", "try",
+    cmd = [program, subcommand(params), "--file-name", str(scan), "--reconstruction-type", "try",
            "--rotation-axis-auto", "manual", "--rotation-axis", f"{rotation_axis:g}",
            "--center-search-width", f"{width:g}", "--center-search-step", f"{params.search_step:g}",
            "--nsino", f"{params.nsino:g}", "--save-format", "tiff"]
@@ -103,8 +118,8 @@ def try_command(scan: Path, params: ReconParams, rotation_axis: float, *, progra
 
 def full_command(scan: Path, params: ReconParams, cor: float, *, program: str = "tomocupy",
                  config: Optional[Path] = None, geometry: str = geo.HALF) -> List[str]:
-    """``tomocupy recon --reconstruction-type full ...`` as an argument list (360-offset: double_fov)."""
-    cmd = [program, "recon", "--file-name", str(scan), "--reconstruction-type", "full",
+    """``tomocupy recon[_steps] --reconstruction-type full ...`` as an argument list (360-offset: double_fov)."""
+    cmd = [program, subcommand(params), "--file-name", str(scan), "--reconstruction-type", "full",
            "--rotation-axis-auto", "manual", "--rotation-axis", f"{cor:g}",
            "--save-format", params.full_format, "--clear-folder", "True"]
     cmd += _with_file_type(_common(params), geometry)

@@ -36,6 +36,7 @@ from tomocorioc.worker.recon.base import (
     write_json,
 )
 from tomocorioc.worker.recon.preprocess import preprocess
+from tomocorioc.worker.recon.rotate import rotated_sinograms
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,8 @@ class TorchBackend:
             raise ReconError("the torch backend computes in float32 only; float16 needs tomocupy")
 
     def _sinograms(self, scan: DXFile, r0: int, r1: int, params: ReconParams) -> torch.Tensor:
+        if params.rotate_proj_angle:  # camera tilt: rotate the projections as tomocupy recon_steps does
+            return rotated_sinograms(scan, r0, r1, params, self.device)
         block = scan.read_rows(r0, r1, binning=params.binning)
         t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(self.device)  # noqa: E731
         return preprocess(t(block.proj), t(block.flat), t(block.dark), dezinger_width=params.dezinger,
@@ -231,7 +234,10 @@ def _remove(path: Path) -> None:
 def _rec_line(scan_path: Path, params: ReconParams, cor: float, geometry: str = geo.HALF) -> str:
     """The equivalent tomocupy command, so the volume can be remade at the beamline."""
     from tomocorioc.worker.recon.tomocupy_backend import full_command  # local: avoid an import cycle
-    return " ".join(full_command(scan_path, params, cor, geometry=geometry))
+    try:
+        return " ".join(full_command(scan_path, params, cor, geometry=geometry))
+    except ReconError as exc:  # e.g. a rotation with lprec: tomocupy has no such combination
+        return f"# no tomocupy equivalent: {exc}"
 
 
 class _TiffWriter:
