@@ -78,6 +78,7 @@ class Controller:
             "FixOutliers": self._cmd(self._fix_outliers), "RetryFailed": self._cmd(self._retry_failed),
             "ClearDone": self._cmd(self._clear_done), "ApplyParams": self._cmd(self._apply_params),
             "RemoveSelected": self._cmd(self._remove_selected),
+            "AcceptCor": self._cmd(self._accept_cor),
         }
 
     # -- puts ----------------------------------------------------------------------
@@ -215,6 +216,12 @@ class Controller:
         targets = [r.id for r in self.service.queue.rows() if r.enabled and r.id != src.id]
         n = self.service.apply_params(src.id, targets)
         return f"parameters of {Path(src.path).name} copied to {n} row(s)"
+
+    def _accept_cor(self) -> str:
+        row = self._selected_row()
+        cor = self.service.queue.accept_cor(row.id)
+        self.service.dispatcher.wake()   # a full held for review may start now
+        return f"COR {cor:.2f} of {Path(row.path).name} accepted"
 
     def _remove_selected(self) -> str:
         src = self._selected_row()

@@ -157,6 +157,7 @@ def _table() -> Tuple[PVDef, ...]:
         bound("Gpus", Kind.STRINGOUT, "gpus", Text(blank_is_none=True, squeeze=True)),
         bound("AutoFixOutliers", Kind.BO, "auto_fix_outliers", Flag(), enums=("No", "Yes")),
         bound("SeriesBarrier", Kind.BO, "series_barrier", Flag(), enums=("No", "Yes")),
+        bound("HoldFullOnReview", Kind.BO, "hold_full_on_review", Flag(), enums=("No", "Yes")),
         bound("TomoLogUrl", Kind.LSO, "tomolog.presentation_url", Text(blank_is_none=True),
               "TomoLog presentation URL"),
         bound("TomoLogCloud", Kind.STRINGOUT, "tomolog.cloud_service", Text(blank_is_none=True),
@@ -180,6 +181,7 @@ def _table() -> Tuple[PVDef, ...]:
         _cmd("ClearDone", "Remove finished rows", "Clear"),
         _cmd("ApplyParams", "Selected sidecar to enabled rows", "Apply"),
         _cmd("RemoveSelected", "Remove the selected row", "Remove"),
+        _cmd("AcceptCor", "Accept the selected file's COR", "Accept"),
         _b("Paused", S, "Queue paused", "Running", "Paused", out=False),
         # -- queue status
         PVDef("QueueLength", Kind.LONGIN, S, "Rows in the queue", 0),

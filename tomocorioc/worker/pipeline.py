@@ -12,17 +12,18 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
 from tomocorioc.core import layout
-from tomocorioc.core.cor import CorChoice, agreement, choose
+from tomocorioc.core.cor import PAIR_STRONG, CorChoice, Evidence, agreement, choose_with_evidence
 from tomocorioc.core.params import COR_METHODS, DEFAULT_METRIC, ParamError, ReconParams
 from tomocorioc.core.result import PhaseResult
 from tomocorioc.data.dxfile import DXFile
 from tomocorioc.worker.cor import classical
+from tomocorioc.worker.cor.pair import PairEstimate, find_center_pair, is_truncated
 from tomocorioc.worker.cor.vo import find_center_vo
 from tomocorioc.worker.recon.base import Backend, ReconError, write_json
 from tomocorioc.worker.recon.preprocess import preprocess
@@ -72,6 +73,30 @@ def sinogram_estimate(scan: DXFile, params: ReconParams) -> Optional[float]:
         return None
 
 
+# Rows around the try row used by the projection-pair estimate: a frame is one HDF5
+# chunk, so more rows cost no extra reading, and they average the photon noise.
+PAIR_ROWS = 8
+
+
+def pair_evidence(scan: DXFile, params: ReconParams, center: Optional[float] = None
+                  ) -> Tuple[Optional[PairEstimate], bool]:
+    """The 0/180 projection-pair estimate near the try row (None without a 180° view) and truncation."""
+    row = scan.row_index(params.nsino)
+    r0 = max(0, min(row - PAIR_ROWS // 2, scan.nrows - PAIR_ROWS))
+    r1 = min(scan.nrows, r0 + PAIR_ROWS)
+    block = scan.read_rows(r0, r1)
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+    sino = preprocess(t(block.proj), t(block.flat), t(block.dark), dezinger_width=params.dezinger,
+                      dezinger_threshold=params.dezinger_threshold).numpy()
+    truncated = is_truncated(sino)
+    try:
+        est = find_center_pair(sino, scan.theta_deg(), search_radius=params.search_width, center=center)
+    except ValueError as exc:
+        log.warning("%s: no projection-pair estimate (%s)", scan.path, exc)
+        est = None
+    return est, truncated
+
+
 class Pipeline:
     """Runs one phase of one file at a time; keeps the backend and the AI model between files."""
 
@@ -102,10 +127,16 @@ class Pipeline:
             if estimate is None:
                 estimate = sinogram_estimate(scan, self.params)
             ncols = scan.ncols
+            pair = pair_evidence(scan, self.params)[0] if self.params.rotation_axis is None else None
         axis = self.params.rotation_axis
         if axis is None:
             axis = ncols / 2.0
-            if estimate is not None and abs(estimate - axis) > 0.8 * self.params.search_width:
+            far = pair is not None and abs(pair.cor - axis) > 0.6 * self.params.search_width
+            if pair is not None and far and pair.strength >= PAIR_STRONG:
+                # A clear 0/180 pair far off-centre: centre the grid on it, so the axis is well inside.
+                axis = round(pair.cor * 2) / 2.0
+                notes.append(f"try grid centred on the 0/180 pair estimate {axis:.1f}")
+            elif estimate is not None and abs(estimate - axis) > 0.8 * self.params.search_width:
                 # Far off-centre axis: centre the grid on the estimate (half-pixel aligned).
                 axis = round(estimate * 2) / 2.0
                 notes.append(f"try grid centred on the sinogram estimate {axis:.1f}")
@@ -120,11 +151,25 @@ class Pipeline:
         folder = layout.try_dir(path)
         if not folder.is_dir() or not layout.list_try_slices(folder):
             raise ReconError(f"no try slices in {folder}; run the try phase first")
-        cls = classical.score_try_folder(folder, self.options.metric)
-        cls_choice = choose(cls.centers, cls.scores, estimate=estimate, agree_tolerance=self.options.agree_tolerance)
+        centers = [sl.center for sl in layout.list_try_slices(folder)]
+        axis = 0.5 * (min(centers) + max(centers))
+        with DXFile(path) as scan:
+            pair, truncated = pair_evidence(scan, self.params, center=axis)
+            width = scan.ncols
+        radius = classical.truncated_radius(axis, width, self.params.binning) if truncated else None
+        cls = classical.score_try_folder(folder, self.options.metric, radius=radius)
+        evidence = [Evidence("vo", float(estimate))] if estimate is not None else []
+        if pair is not None:
+            evidence.append(Evidence("pair", pair.cor, pair.strength))
+        cls_choice = choose_with_evidence(cls.centers, cls.scores, evidence)
+        if truncated:
+            cls_choice.notes.insert(0, "sample wider than the field of view: scored inside the field of view")
         record: Dict[str, Any] = {"classical": {"metric": cls.metric, "centers": cls.centers, "scores": cls.scores,
                                                 "cor": cls_choice.cor, "confidence": cls_choice.confidence,
-                                                "unscored": cls.unscored}}
+                                                "unscored": cls.unscored},
+                                  "pair": None if pair is None else {"cor": pair.cor, "strength": pair.strength,
+                                                                      "correlation": pair.correlation},
+                                  "truncated": truncated}
         if self.options.use_ai:
             ai = self._ai_scorer().score_try_folder(folder)
             ag = agreement(ai.cor, cls_choice.cor, self.options.agree_tolerance)
@@ -160,4 +205,4 @@ class Pipeline:
         return PhaseResult(True, "full done", seconds=round(out.seconds, 3))
 
 
-__all__ = ["Pipeline", "InferOptions", "sinogram_estimate"]
+__all__ = ["Pipeline", "InferOptions", "sinogram_estimate", "pair_evidence"]
