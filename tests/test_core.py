@@ -130,7 +130,7 @@ def test_choose_with_evidence():
     # A far, higher peak (truncation/streaks) and a lower one where the pair says: the lower one.
     two = peak + 20.0 * np.exp(-((c - 115.0) / 1.0) ** 2)
     near = choose_with_evidence(c, two, [Evidence("pair", 101.3, 0.4)])
-    assert abs(near.cor - 101.0) < 0.3 and "matches the 0/180 pair" in near.notes[-1]
+    assert near.cor == 101.3 and "confirms the 0/180 pair" in near.notes[-1] and not near.needs_review
     # Pair and Vo agree, the curve has nothing there: the pair, not flagged.
     flat_there = -np.abs(c - 115.0)
     both = choose_with_evidence(c, flat_there, [Evidence("vo", 96.5), Evidence("pair", 96.0, 0.4)])

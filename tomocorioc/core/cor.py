@@ -224,14 +224,17 @@ def choose_with_evidence(centers: Sequence[float], scores: Sequence[float], evid
         # Close agreement: the mean of two independent estimates.  Looser: the pair, which
         # stays within ~0.3 px where the curve of a few-projection or truncated scan wanders.
         cor = 0.5 * (base.cor + pair.cor) if d <= 0.5 else pair.cor
-        return result(cor, 0.15 + 0.5 * d, f"try curve {base.cor:.2f} and 0/180 pair {pair.cor:.2f} agree")
+        weak = max(0.0, 2 * PAIR_STRONG - pair.strength) * 2.0   # a barely clear pair vouches for less
+        return result(cor, 0.15 + 0.5 * d + weak, f"try curve {base.cor:.2f} and 0/180 pair {pair.cor:.2f} agree")
     if curve_ok and vo and not pair and abs(base.cor - vo.cor) <= 1.5 * AGREE_PX and base.peak_confidence >= 0.5:
         return result(base.cor, 0.3 + 0.4 * abs(base.cor - vo.cor), f"try curve and Vo's estimate agree ({vo.cor:.2f})")
     if pair:
         local = near_peak(pair.cor)
         if local is not None:
-            return result(local, 0.3 + 0.5 * abs(local - pair.cor),
-                          f"a try-curve peak {local:.2f} (not the highest) matches the 0/180 pair {pair.cor:.2f}")
+            # The curve confirms the pair, but its highest peak is elsewhere: the curve is the
+            # weaker witness here, so the pair's (sub-pixel) value is used.
+            return result(pair.cor, 0.3 + 0.3 * abs(local - pair.cor),
+                          f"a try-curve peak {local:.2f} (not the highest) confirms the 0/180 pair {pair.cor:.2f}")
         if vo and abs(vo.cor - pair.cor) <= 1.5 * AGREE_PX:
             return result(pair.cor, 0.5 + 0.3 * abs(vo.cor - pair.cor),
                           f"0/180 pair {pair.cor:.2f} and Vo's estimate {vo.cor:.2f} agree; the try curve does not")

@@ -75,7 +75,7 @@ def sinogram_estimate(scan: DXFile, params: ReconParams) -> Optional[float]:
 
 # Rows around the try row used by the projection-pair estimate: a frame is one HDF5
 # chunk, so more rows cost no extra reading, and they average the photon noise.
-PAIR_ROWS = 8
+PAIR_ROWS = 16
 
 
 def pair_evidence(scan: DXFile, params: ReconParams, center: Optional[float] = None

@@ -51,17 +51,17 @@ def _gauss(a: np.ndarray, sigma: float) -> np.ndarray:
     return np.fft.irfft(np.fft.rfft(x, axis=-1) * g, n=m, axis=-1)[..., pad:pad + n]
 
 
-def remove_stripes(sino: np.ndarray, window: int = _STRIPE_WINDOW) -> np.ndarray:
-    """Subtract each column's offset from its neighbours, seen in the mean over angles.
+def stripe_offsets(sino: np.ndarray, window: int = _STRIPE_WINDOW) -> np.ndarray:
+    """Each column's offset from its neighbours in the mean over angles: (..., ncols) for (..., nproj, ncols).
 
-    ``sino`` is (..., nproj, ncols).  A column whose gain is off adds the same
-    offset to every angle (a ring in the slice); the sample does not.
+    A column whose gain is off adds the same offset to every angle (a ring in
+    the slice); the sample does not.
     """
-    mean = sino.mean(axis=-2)
+    mean = np.asarray(sino).mean(axis=-2, dtype=np.float64)
     half = window // 2
     padded = np.pad(mean, [(0, 0)] * (mean.ndim - 1) + [(half, half)], mode="edge")
     med = np.median(np.lib.stride_tricks.sliding_window_view(padded, window, axis=-1), axis=-1)
-    return sino - (mean - med)[..., None, :]
+    return mean - med
 
 
 def find_center_pair(sino: np.ndarray, theta_deg: np.ndarray, *, search_radius: float,
@@ -72,7 +72,7 @@ def find_center_pair(sino: np.ndarray, theta_deg: np.ndarray, *, search_radius: 
     None when the scan has no view 180° (within ``tolerance_deg``) after its
     first one.
     """
-    s = np.asarray(sino, dtype=np.float64)
+    s = np.asarray(sino)
     if s.ndim == 2:
         s = s[None]
     if s.ndim != 3 or s.shape[-1] < 2 * _MIN_OVERLAP:
@@ -84,13 +84,14 @@ def find_center_pair(sino: np.ndarray, theta_deg: np.ndarray, *, search_radius: 
     i1 = int(np.argmin(np.abs(th - (th[i0] + 180.0))))
     if abs(th[i1] - th[i0] - 180.0) > tolerance_deg:
         return None
-    if not np.all(np.isfinite(s[:, [i0, i1]])):
+    views = s[:, [i0, i1]].astype(np.float64)
+    if not np.all(np.isfinite(views)):
         raise ValueError("projection pair has NaN/Inf values")
-    clean = remove_stripes(s)
+    views -= stripe_offsets(s)[:, None, :]
     lo, hi = _BAND
     band = lambda a: _gauss(a, lo) - _gauss(a, hi)  # noqa: E731
-    g0 = band(clean[:, i0])
-    g1 = band(clean[:, i1][:, ::-1])
+    g0 = band(views[:, 0])
+    g1 = band(views[:, 1][:, ::-1])
     n = s.shape[-1]
     c0 = n / 2.0 if center is None else float(center)
     # The flipped 180° view q(t) equals the 0° view at t + s, s = 2c - n.
@@ -125,7 +126,7 @@ def is_truncated(sino: np.ndarray, share: float = 0.1) -> bool:
     A sample inside the field of view leaves both detector edges near zero
     attenuation at every angle; a wider one does not.
     """
-    s = np.asarray(sino, dtype=np.float64)
+    s = np.asarray(sino)
     s = s.reshape(-1, s.shape[-1])
     k = max(1, s.shape[-1] // 100)
     edge = np.median(np.minimum(s[:, :k].mean(axis=1), s[:, -k:].mean(axis=1)))
