@@ -145,3 +145,13 @@ def test_choose_with_evidence():
     mono = choose_with_evidence(c, np.linspace(0, 1, c.size), [Evidence("vo", 95.0)])
     assert mono.cor == 95.0 and mono.needs_review
     assert confidence_from_error(1.0) == 0.5 and confidence_from_error(0.2) > 0.99
+
+
+def test_refine_pass_moves_the_curve_peak_only_with_an_interior_fine_peak():
+    c = np.arange(90, 110, 0.5)
+    s = -np.abs(c - 100.0)
+    fc = np.arange(99.0, 101.01, 0.1)
+    fine = choose_with_evidence(c, s, fine=(fc, -(fc - 100.33) ** 2))
+    assert abs(fine.cor - 100.33) < 0.02 and "refine pass" in fine.notes[0]
+    rising = choose_with_evidence(c, s, fine=(fc, fc))          # still rising at its edge: coarse value kept
+    assert rising.cor == pytest.approx(100.0)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -181,15 +181,36 @@ def confidence_from_error(expected: float) -> float:
     return float(1.0 / (1.0 + max(0.0, expected) ** 4))
 
 
+def refined_peak(base: CorChoice, fine_centers: Sequence[float], fine_scores: Sequence[float]) -> Optional[float]:
+    """The refine pass's peak (a finer curve around ``base.cor``) when it has one inside its span."""
+    fc = np.asarray(fine_centers, dtype=np.float64)
+    fs = np.asarray(fine_scores, dtype=np.float64)
+    if fc.size < 5 or fc.shape != fs.shape or not np.any(np.isfinite(fs)):
+        return None
+    order = np.argsort(fc)
+    fc, fs = fc[order], fs[order]
+    i = middle_of_ties(fs)
+    if i in (0, len(fc) - 1):
+        return None   # still rising at the edge of the refine span: keep the coarse value
+    return parabola_refine(fc, fs, i)
+
+
 def choose_with_evidence(centers: Sequence[float], scores: Sequence[float], evidence: Sequence[Evidence] = (),
-                         *, refine: bool = True) -> CorChoice:
+                         *, refine: bool = True, fine: Optional[Tuple[Sequence[float], Sequence[float]]] = None
+                         ) -> CorChoice:
     """Pick the COR from the try curve and independent estimates; ``needs_review`` iff expected error > 1 px.
 
     In order: the curve's best interior peak when an estimate agrees with it; else
     the curve peak nearest a strong pair estimate that Vo or the curve confirms;
     else the best single source (a clear curve peak, the pair, Vo), flagged.
+    ``fine`` is the refine pass's (centres, scores) around the curve's peak.
     """
     base = choose(centers, scores, refine=refine)
+    if fine is not None:
+        better = refined_peak(base, *fine)
+        if better is not None:
+            base.notes.append(f"refine pass: curve peak {base.cor:.2f} -> {better:.2f}")
+            base.cor = float(better)
     c = np.asarray(centers, dtype=np.float64)
     s = np.asarray(scores, dtype=np.float64)
     order = np.argsort(c)

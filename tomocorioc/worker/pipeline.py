@@ -18,11 +18,11 @@ import numpy as np
 import torch
 
 from tomocorioc.core import layout
-from tomocorioc.core.cor import PAIR_STRONG, CorChoice, Evidence, agreement, choose_with_evidence
+from tomocorioc.core.cor import PAIR_STRONG, CorChoice, Evidence, agreement, choose, choose_with_evidence
 from tomocorioc.core.params import COR_METHODS, DEFAULT_METRIC, ParamError, ReconParams
 from tomocorioc.core.result import PhaseResult
 from tomocorioc.data.dxfile import DXFile
-from tomocorioc.worker.cor import classical
+from tomocorioc.worker.cor import classical, refine
 from tomocorioc.worker.cor.pair import PairEstimate, find_center_pair, is_truncated
 from tomocorioc.worker.cor.vo import find_center_vo
 from tomocorioc.worker.recon.base import Backend, ReconError, write_json
@@ -161,7 +161,8 @@ class Pipeline:
         evidence = [Evidence("vo", float(estimate))] if estimate is not None else []
         if pair is not None:
             evidence.append(Evidence("pair", pair.cor, pair.strength))
-        cls_choice = choose_with_evidence(cls.centers, cls.scores, evidence)
+        fine = self._refine(path, cls, radius)
+        cls_choice = choose_with_evidence(cls.centers, cls.scores, evidence, fine=fine)
         if truncated:
             cls_choice.notes.insert(0, "sample wider than the field of view: scored inside the field of view")
         record: Dict[str, Any] = {"classical": {"metric": cls.metric, "centers": cls.centers, "scores": cls.scores,
@@ -196,6 +197,21 @@ class Pipeline:
         return PhaseResult(True, "; ".join(choice.notes) or "infer done", cor=choice.cor, cor_source=source,
                            confidence=choice.confidence, needs_review=choice.needs_review, estimate=estimate,
                            seconds=round(time.perf_counter() - t0, 3), notes=tuple(choice.notes))
+
+    def _refine(self, path: Path, cls: classical.ClassicalScores, radius: Optional[float]
+                ) -> Optional[Tuple[List[float], List[float]]]:
+        """The refine pass around the curve's peak (torch backend, grids coarser than its step), else None."""
+        if getattr(self.backend, "name", "") != "torch" or self.params.search_step <= refine.STEP:
+            return None
+        peak = choose(cls.centers, cls.scores).cor
+        try:
+            fine = refine.refine_scores(path, self.params, peak, cls.metric, radius=radius,
+                                        device=str(getattr(self.backend, "device", "cpu")),
+                                        half_width=max(refine.HALF_WIDTH, self.params.search_step))
+        except (ValueError, OSError, RuntimeError) as exc:   # the coarse curve still stands
+            log.warning("%s: refine pass skipped (%s)", path, exc)
+            return None
+        return fine.centers, fine.scores
 
     def run_full(self, path: Path, cor: Optional[float]) -> PhaseResult:
         """Phase C: the volume at ``cor``."""
