@@ -76,6 +76,7 @@ def sinogram_estimate(scan: DXFile, params: ReconParams) -> Optional[float]:
 # Rows around the try row used by the projection-pair estimate: a frame is one HDF5
 # chunk, so more rows cost no extra reading, and they average the photon noise.
 PAIR_ROWS = 16
+TRUNCATED_SMOOTH_PX = 1.5   # Gaussian smoothing of a truncated scan's try curve (measured, issue 16 hard set)
 
 
 def pair_evidence(scan: DXFile, params: ReconParams, center: Optional[float] = None
@@ -161,8 +162,11 @@ class Pipeline:
         evidence = [Evidence("vo", float(estimate))] if estimate is not None else []
         if pair is not None:
             evidence.append(Evidence("pair", pair.cor, pair.strength))
-        fine = self._refine(path, cls, radius)
-        cls_choice = choose_with_evidence(cls.centers, cls.scores, evidence, fine=fine)
+        # A truncated scan's curve is a broad hump with jitter: smooth it, and skip the refine
+        # pass, which would only resolve the jitter (the pair gives the sub-pixel value there).
+        fine = None if truncated else self._refine(path, cls, radius)
+        cls_choice = choose_with_evidence(cls.centers, cls.scores, evidence, fine=fine,
+                                          smooth_px=TRUNCATED_SMOOTH_PX if truncated else 0.0)
         if truncated:
             cls_choice.notes.insert(0, "sample wider than the field of view: scored inside the field of view")
         record: Dict[str, Any] = {"classical": {"metric": cls.metric, "centers": cls.centers, "scores": cls.scores,
