@@ -155,3 +155,13 @@ def test_refine_pass_moves_the_curve_peak_only_with_an_interior_fine_peak():
     assert abs(fine.cor - 100.33) < 0.02 and "refine pass" in fine.notes[0]
     rising = choose_with_evidence(c, s, fine=(fc, fc))          # still rising at its edge: coarse value kept
     assert rising.cor == pytest.approx(100.0)
+
+
+def test_smoothing_finds_the_middle_of_a_jittery_hump():
+    """A truncated scan's curve: a broad hump (truth 100.3) with pixel-scale jitter whose top is off-centre."""
+    c = np.arange(80, 120.01, 0.5)
+    jitter = 0.05 * np.cos(2 * np.pi * (c - 101.5) / 3.0)
+    s = -0.002 * (c - 100.3) ** 2 + jitter
+    raw = choose_with_evidence(c, s)
+    smooth = choose_with_evidence(c, s, smooth_px=1.5)
+    assert abs(smooth.cor - 100.3) < 0.2 < abs(raw.cor - 100.3) and "smoothed" in smooth.notes[0]
