@@ -146,6 +146,17 @@ HARD: Tuple[ScanSpec, ...] = (
     ScanSpec("h12", 416, 121, -19.7, "beads", 700, rings=0.05, fov_ratio=1.3, seed=52),
 )
 
+def hard_random(seed: int, n: int = 12) -> Tuple[ScanSpec, ...]:
+    """``n`` scans drawn at random in the hard set's ranges: a held-out check of the tuning on HARD."""
+    rng = np.random.default_rng([16, seed])
+    kinds = ("beads", "fibers", "foam", "rock", "shepp3d")
+    return tuple(ScanSpec(f"r{seed}_{i + 1:02d}", int(rng.integers(384, 513)), int(rng.integers(91, 182)),
+                          round(float(rng.uniform(-40, 40)), 2), kinds[int(rng.integers(len(kinds)))],
+                          round(float(rng.uniform(500, 1000))), rings=round(float(rng.uniform(0, 0.05)), 3),
+                          fov_ratio=round(float(rng.uniform(1.2, 1.6)), 2), seed=1000 * seed + i)
+                 for i in range(n))
+
+
 QUICK: Tuple[ScanSpec, ...] = (
     ScanSpec("q1", 255, 181, 3.3, "beads", 10000, seed=1),
     ScanSpec("q2", 256, 181, -11.5, "shepp3d", 5000, rings=0.01, seed=2),
@@ -409,6 +420,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                                          "(slow on CPU)")
     ap.add_argument("--hard", action="store_true", help="the hard set only (issue 16: samples wider than the "
                                                         "field of view, few projections, low dose, rings)")
+    ap.add_argument("--hard-random", type=int, metavar="SEED",
+                    help="12 scans drawn at random in the hard set's ranges (a held-out check)")
     ap.add_argument("--only", help="comma list of scan names to run (e.g. s01,s07)")
     ap.add_argument("--workdir", type=Path, help="where to simulate (default: a temporary folder)")
     ap.add_argument("--keep", action="store_true", help="keep scans and try folders")
@@ -420,6 +433,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(json.dumps(analyse(args.analyse)))
         return 0
     suite = list(HARD if args.hard else QUICK if args.quick else SUITE) + (list(LARGE) if args.large else [])
+    if args.hard_random is not None:
+        suite = list(hard_random(args.hard_random))
     if args.only:
         wanted = {s.strip() for s in args.only.split(",")}
         suite = [s for s in suite if s.name in wanted]
