@@ -25,7 +25,14 @@ The JSON line also carries tomocorioc's own sinogram estimate (``estimate``,
 A failure is an error or |error| > 2 px.  Goal (issue): >= 95 % within 0.5 px,
 no failure, better than the Vo baseline.
 
-Usage: ``python benchmarks/bench_cor_accuracy.py [--quick] [--large] [--workdir DIR] [--keep]``.
+``--hard`` runs the issue-16 hard set instead (samples 1.2-1.6x the field of
+view, 91-181 projections, 500-1000 photons, rings up to 5 %; goal >= 90 %
+within 1 px and no confident miss, i.e. every scan off by > 1 px flagged
+``needs_review``) and ``--hard-random SEED`` 12 scans drawn in the same
+ranges; every run ends with the confidence reliability table.
+
+Usage: ``python benchmarks/bench_cor_accuracy.py [--quick] [--large] [--hard] [--hard-random SEED]
+[--workdir DIR] [--keep]``.
 """
 from __future__ import annotations
 
