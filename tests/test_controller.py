@@ -493,6 +493,35 @@ def case_reload_acf(ctl: Controller, svc: Service, data: Path, ids: List[int]) -
     assert ctl.put("ReloadAcf", 1) == 0 and svc.messages[-1] == "access security reloaded from x.acf"
 
 
+def case_accept_cor(ctl: Controller, svc: Service, data: Path, ids: List[int]) -> None:
+    """HoldFullOnReview (default Yes) holds a flagged row's full until AcceptCor on the selected file."""
+    d = fake(svc)
+    d.finish(ids[2], "try")
+    d.run_until_idle()
+    rid = queue_scans(svc, data, 1, name="r", phases={"try": True, "infer": True, "full": True, "tomolog": False})[0]
+    d.finish(*d.take())
+    assert d.take() == (rid, "infer")
+    d.finish(rid, "infer", PhaseResult(True, cor=50.5, cor_source="classical", confidence=0.1, needs_review=True))
+    assert d.take() is None and svc.queue.row(rid).needs_review
+    ctl.put("SelectFile", svc.queue.row(rid).path)
+    assert ctl.put("AcceptCor", 1) == 0
+    row = svc.queue.row(rid)
+    assert not row.needs_review and row.cor == 50.5 and row.cor_source == "classical"
+    assert svc.messages[-1] == "COR 50.50 of r_0001.h5 accepted"
+    assert d.take() == (rid, "full")
+    ctl.put("SelectFile", "")
+    refused(ctl, "AcceptCor", 1, "no file selected")
+
+
+def test_hold_full_on_review_no_lets_a_flagged_full_run(ctl: Controller, svc: Service, data: Path):
+    ctl.put("HoldFullOnReview", "No")
+    d = fake(svc)
+    rid = queue_scans(svc, data, 1, name="r", phases={"try": True, "infer": True, "full": True, "tomolog": False})[0]
+    d.finish(*d.take())
+    d.finish(*d.take(), PhaseResult(True, cor=50.5, cor_source="classical", confidence=0.1, needs_review=True))
+    assert d.take() == (rid, "full")
+
+
 def case_enqueue(ctl: Controller, svc: Service, data: Path, ids: List[int]) -> None:
     path = scan(data, "t_0001.h5")
     assert ctl.put("Enqueue", path) == path
@@ -555,7 +584,7 @@ COMMAND_CASES: Dict[str, Callable[[Controller, Service, Path, List[int]], None]]
     "Enqueue": case_enqueue, "Start": case_start, "Abort": case_abort, "Pause": case_pause, "Resume": case_resume,
     "FixOutliers": case_fix_outliers, "RetryFailed": case_retry_failed, "ClearDone": case_clear_done,
     "ApplyParams": case_apply_params, "RemoveSelected": case_remove_selected, "ReloadAcf": case_reload_acf,
-    "CamRot": case_camrot, "ApplyTilt": case_apply_tilt,
+    "CamRot": case_camrot, "ApplyTilt": case_apply_tilt, "AcceptCor": case_accept_cor,
 }
 
 

@@ -5,7 +5,16 @@ import numpy as np
 import pytest
 
 from tomocorioc.core import layout
-from tomocorioc.core.cor import agreement, choose, middle_of_ties, parabola_refine, peak_confidence
+from tomocorioc.core.cor import (
+    Evidence,
+    agreement,
+    choose,
+    choose_with_evidence,
+    confidence_from_error,
+    middle_of_ties,
+    parabola_refine,
+    peak_confidence,
+)
 from tomocorioc.core.params import ParamError, ReconParams
 
 
@@ -108,3 +117,51 @@ def test_choose_prefers_an_interior_peak_to_a_higher_grid_edge():
     assert abs(ch.cor - 30.5) < 0.25 and ch.needs_review and "interior peak" in ch.notes[0]
     mono = choose(c, np.linspace(0, 1, c.size))          # no interior peak: the edge it is, flagged
     assert mono.grid_cor == c[-1] and mono.needs_review
+
+
+def test_choose_with_evidence():
+    """Issue 16: the curve and independent estimates; needs_review exactly when expected error > 1 px."""
+    c = np.arange(80, 120.01, 0.5)
+    peak = -np.abs(c - 101.0) + np.random.default_rng(0).normal(0, 0.01, c.size)
+    agree = choose_with_evidence(c, peak, [Evidence("vo", 99.0), Evidence("pair", 101.2, 0.4)])
+    assert abs(agree.cor - 101.1) < 0.1 and not agree.needs_review and agree.confidence > 0.9
+    loose = choose_with_evidence(c, peak, [Evidence("pair", 101.8, 0.4)])   # 0.8 apart: the pair
+    assert loose.cor == 101.8 and not loose.needs_review
+    # A far, higher peak (truncation/streaks) and a lower one where the pair says: the lower one.
+    two = peak + 20.0 * np.exp(-((c - 115.0) / 1.0) ** 2)
+    near = choose_with_evidence(c, two, [Evidence("pair", 101.3, 0.4)])
+    assert near.cor == 101.3 and "confirms the 0/180 pair" in near.notes[-1] and not near.needs_review
+    # Pair and Vo agree, the curve has nothing there: the pair, not flagged.
+    flat_there = -np.abs(c - 115.0)
+    both = choose_with_evidence(c, flat_there, [Evidence("vo", 96.5), Evidence("pair", 96.0, 0.4)])
+    assert both.cor == 96.0 and not both.needs_review
+    # Nobody agrees: flagged, with a low confidence.
+    alone = choose_with_evidence(c, peak, [Evidence("vo", 90.0), Evidence("pair", 110.0, 0.05)])
+    assert alone.needs_review and alone.confidence < 0.5
+    # No evidence at all: the curve alone, as before (trusted when its peak is clear).
+    only = choose_with_evidence(c, peak)
+    assert abs(only.cor - 101.0) < 0.3 and not only.needs_review
+    # No interior peak: Vo's estimate rather than the grid edge, flagged.
+    mono = choose_with_evidence(c, np.linspace(0, 1, c.size), [Evidence("vo", 95.0)])
+    assert mono.cor == 95.0 and mono.needs_review
+    assert confidence_from_error(1.0) == 0.5 and confidence_from_error(0.2) > 0.99
+
+
+def test_refine_pass_moves_the_curve_peak_only_with_an_interior_fine_peak():
+    c = np.arange(90, 110, 0.5)
+    s = -np.abs(c - 100.0)
+    fc = np.arange(99.0, 101.01, 0.1)
+    fine = choose_with_evidence(c, s, fine=(fc, -(fc - 100.33) ** 2))
+    assert abs(fine.cor - 100.33) < 0.02 and "refine pass" in fine.notes[0]
+    rising = choose_with_evidence(c, s, fine=(fc, fc))          # still rising at its edge: coarse value kept
+    assert rising.cor == pytest.approx(100.0)
+
+
+def test_smoothing_finds_the_middle_of_a_jittery_hump():
+    """A truncated scan's curve: a broad hump (truth 100.3) with pixel-scale jitter whose top is off-centre."""
+    c = np.arange(80, 120.01, 0.5)
+    jitter = 0.05 * np.cos(2 * np.pi * (c - 101.5) / 3.0)
+    s = -0.002 * (c - 100.3) ** 2 + jitter
+    raw = choose_with_evidence(c, s)
+    smooth = choose_with_evidence(c, s, smooth_px=1.5)
+    assert abs(smooth.cor - 100.3) < 0.2 < abs(raw.cor - 100.3) and "smoothed" in smooth.notes[0]

@@ -227,6 +227,22 @@ def test_pvaccess_queue_table_preview_and_scores(processed):
 
 
 
+def test_accept_cor_and_hold_full_on_review_through_channel_access(processed):
+    """Issue 16: HoldFullOnReview defaults to Yes; AcceptCor accepts the selected file's COR (and says so)."""
+    ioc, _, truth = processed
+    assert ioc.caget("HoldFullOnReview") == "Yes"
+    assert ioc.caput("SelectFile", "", string=True).returncode == 0
+    assert ioc.caput("AcceptCor", "Accept").returncode != 0          # nothing selected: refused
+    path = sorted(truth)[0]
+    assert ioc.caput("SelectFile", path, string=True).returncode == 0
+    cor = float(ioc.caget("Selected:Cor"))
+    assert ioc.caput("AcceptCor", "Accept").returncode == 0
+    ioc.wait_for("Message", lambda m: "accepted" in m and Path(path).name in m, timeout=5)
+    assert ioc.caget("Selected:NeedsReview") == "No" and float(ioc.caget("Selected:Cor")) == pytest.approx(cor)
+    assert ioc.caput("HoldFullOnReview", "No").returncode == 0 and ioc.caget("HoldFullOnReview") == "No"
+    assert ioc.caput("HoldFullOnReview", "Yes").returncode == 0
+
+
 def test_manual_cor_and_enable_from_the_row_page(processed):
     ioc, _, _ = processed
     two, three = _page_row(ioc, "s_0002.h5"), _page_row(ioc, "s_0003.h5")

@@ -44,7 +44,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     (data / f"t_{MISSET:04d}.tomocor.json").write_text(json.dumps({"rotation_axis": 48.0 + 2.2 - 20.0}))
     ioc = IOC(tmp, data).start()
     try:
-        for name, value, string in (("CenterSearchWidth", "6", False), ("Pause", "1", False),
+        # HoldFullOnReview No: the mis-set scan's full runs too (its COR is wrong, and Fix Outliers corrects it)
+        for name, value, string in (("CenterSearchWidth", "6", False), ("HoldFullOnReview", "No", False),
+                                    ("Pause", "1", False),
                                     ("Enqueue", str(data), True), ("SelectFile", f"t_{DISABLED:04d}.h5", True),
                                     ("Selected:Enable", "0", False), ("Resume", "1", False)):
             r = ioc.caput(name, value, string=string)

@@ -1,4 +1,6 @@
 """Pure queue: every operation, the per-file phase flow, uid, retries, barrier, persistence hook."""
+from typing import List
+
 import pytest
 
 from tomocorioc.core.jobs import PhaseState as S
@@ -157,6 +159,36 @@ def test_series_barrier_holds_full_until_fixed():
     assert q.series_awaiting_fix() == [q.row(ids[0]).series]
     q.release_series(q.row(ids[0]).series)
     assert q.next_job() == (ids[0], "full")
+
+
+def _flagged(q: JobQueue, n: int = 1) -> List[int]:
+    """``n`` rows whose try and infer ran; the infer flagged the COR (needs_review)."""
+    ids = q.add([f"/d/h_{i + 1}.h5" for i in range(n)])
+    for _ in range(2 * n):
+        rid, ph = q.next_job()
+        q.start(rid, ph)
+        q.finish(rid, ph, PhaseResult(True, cor=10.0, cor_source="classical", confidence=0.1, needs_review=True)
+                 if ph == "infer" else PhaseResult(True))
+    return ids
+
+
+def test_hold_on_review_holds_full_until_accepted_or_corrected():
+    q = JobQueue(hold_on_review=True)
+    ids = _flagged(q, 3)
+    assert q.next_job() is None and q.idle()          # nothing can start: the CLI would finish, not hang
+    assert q.accept_cor(ids[0]) == 10.0
+    assert q.next_job() == (ids[0], "full") and q.row(ids[0]).cor_source == "classical"
+    q.set_cor(ids[1], 11.0, "manual", "operator")
+    q.set_cor(ids[2], 10.5, "outlier-fixed", "Fix COR Outliers")
+    assert not q.row(ids[1]).needs_review and not q.row(ids[2]).needs_review
+    with pytest.raises(QueueError, match="no COR to accept"):
+        q.accept_cor(q.add(["/d/none_1.h5"])[0])
+
+
+def test_without_hold_on_review_a_flagged_full_runs():
+    q = JobQueue()
+    ids = _flagged(q)
+    assert q.next_job() == (ids[0], "full") and q.row(ids[0]).needs_review
 
 
 def test_load_requeues_running_and_transition_rules():

@@ -358,3 +358,21 @@ def test_cli_series_and_bad_arguments(tmp_path, caplog):
         assert run_simulate(bad) == 2
     assert any("ncols" in r.getMessage() for r in caplog.records)
     assert not (tmp_path / "bad").exists() or not list((tmp_path / "bad").glob("*.h5"))
+
+
+def test_fov_ratio_makes_a_sample_wider_than_the_detector(tmp_path):
+    """--fov-ratio R: the sample's diameter is R detector widths, so both detector edges see it at every angle."""
+    parser = argparse.ArgumentParser(prog="tomocorioc simulate")
+    add_simulate_arguments(parser)
+    args = parser.parse_args([str(tmp_path), "--n", "2", "--width", "64", "--rows", "2", "--nproj", "19",
+                              "--noise", "0", "--fov-ratio", "1.5", "--offset", "3"])
+    assert run_simulate(args) == 0
+    truth = read_truth(tmp_path)
+    for name, t in truth.items():
+        assert t["fov_ratio"] == 1.5 and t["radius"] == pytest.approx(48.0)
+        with h5py.File(tmp_path / name) as f:
+            data, flat = f["exchange/data"][:].astype(float), f["exchange/data_white"][:].astype(float).mean(0)
+        trans = data / flat[None]
+        assert trans[:, :, 0].max() < 0.97 and trans[:, :, -1].max() < 0.97   # truncated at both edges
+    with pytest.raises(ValueError, match="fov_ratio"):
+        SimConfig(fov_ratio=0.0)

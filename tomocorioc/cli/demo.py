@@ -270,7 +270,8 @@ def run_offline_demo(args: argparse.Namespace) -> int:
     print(f"simulating {n} scans ({args.width} px wide) in {data} ...", flush=True)
     cfg = SimConfig(ncols=int(args.width), nrows=8, nproj=181, offset=7.3, noise=20000, phantom="beads", seed=1)
     truth = simulate_series(data, cfg, n, name="demo")
-    settings = ServiceSettings(params=ReconParams(search_width=20.0, search_step=0.5))
+    settings = ServiceSettings(params=ReconParams(search_width=20.0, search_step=0.5),
+                               hold_full_on_review=False)   # a demo has no operator to accept a COR
     service = Service(None, slots_for(None), {"backend": "auto", "device": args.device}, settings)
     ids = service.enqueue([str(data / t["file"]) for t in truth])
     service.start()

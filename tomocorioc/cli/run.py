@@ -144,6 +144,9 @@ def _settings(args: argparse.Namespace, phases: List[str]) -> ServiceSettings:
     changes: Dict[str, Any] = dict(params=_params(args), cor_method=args.cor_method,
                                    model=str(args.model) if args.model else None, metric=args.metric,
                                    max_retries=args.retries,
+                                   # A batch run has no operator to accept a COR: the full runs and the
+                                   # JSON line carries needs_review instead.
+                                   hold_full_on_review=False,
                                    tomolog=_tomolog_settings(args) if "tomolog" in phases else {})
     if args.timeout:
         changes.update({f"{p}_timeout": float(args.timeout) for p in PHASES})

@@ -80,7 +80,7 @@ class JobQueue:
     """Rows in operator order plus the rules that decide what runs next."""
 
     def __init__(self, on_change: Optional[ChangeHook] = None, max_retries: int = 1,
-                 series_barrier: bool = False, auto_fix: bool = False) -> None:
+                 series_barrier: bool = False, auto_fix: bool = False, hold_on_review: bool = False) -> None:
         self._lock = threading.RLock()
         self._rows: List[Row] = []                 # in order (ascending Row.order)
         self._by_id: Dict[int, Row] = {}
@@ -92,6 +92,7 @@ class JobQueue:
         self.max_retries = max_retries
         self.series_barrier = series_barrier
         self.auto_fix = auto_fix   # run Fix COR Outliers when a series' infers finish, without holding fulls
+        self.hold_on_review = hold_on_review   # a full waits while its row's COR needs review
         self.fixed_series: Set[str] = set()
         self.tally = Tally()
         self.last_cor_row: Optional[int] = None     # the row whose COR changed last
@@ -352,6 +353,10 @@ class JobQueue:
             w.cor, w.cor_source = value, (source if value is not None else None)
             if source == "manual":
                 w.needs_review, w.confidence = False, None
+            elif value is not None and w.needs_review and source not in ("infer", "ai", "classical"):
+                # Fix COR Outliers (or an import) replaced a COR that needed review: the
+                # replacement is what the full phase should use, so it no longer waits.
+                w.needs_review = False
             if needs_review is not None:
                 w.needs_review = bool(needs_review)
             stale = [p for p in COR_CONSUMERS if moved and w.state[p] in FINISHED_OK]
@@ -367,6 +372,19 @@ class JobQueue:
         """Set or clear a row's needs-review flag (an operator's accept, or a rule's doubt)."""
         with self._lock:
             self._update([row_id], lambda w: setattr(w, "needs_review", bool(needs_review)))
+
+    def accept_cor(self, row_id: int, reason: str = "accepted by operator") -> float:
+        """The operator accepts a row's COR as it is: it no longer needs review (a held full may start)."""
+        with self._lock:
+            w = self._work(row_id)
+            if w.cor is None:
+                raise QueueError(f"{Path(w.path).name} has no COR to accept")
+            event = {"row_id": w.id, "time": time.time(), "old": w.cor, "new": w.cor, "source": "accepted",
+                     "reason": reason, "path": w.path}
+            w.needs_review = False
+            w.updated = time.time()
+            self._commit([w], [event])
+            return float(w.cor)
 
     def mark_skipped(self, row_id: int, reason: str) -> None:
         """Disable a row as skipped (e.g. an aborted acquisition)."""
@@ -440,6 +458,8 @@ class JobQueue:
                 return False
         if phase == "full" and self.series_barrier and r.series not in self.fixed_series:
             return False
+        if phase == "full" and self.hold_on_review and r.needs_review:
+            return False   # until the operator accepts or corrects the COR, or Fix COR Outliers replaces it
         return True
 
     def series_awaiting_fix(self) -> List[str]:

@@ -38,6 +38,7 @@ class ServiceSettings:
     series_barrier: bool = setting(False, doc="Full waits for its series' CORs")
     auto_fix_outliers: bool = setting(False, doc="Fix Outliers when a series ends")
     rerun_on_cor_change: bool = setting(True, doc="Re-run full when its COR changes")
+    hold_full_on_review: bool = setting(True, doc="Full waits while its COR needs review")
     max_cor_delta: float = setting(DEFAULT_MAX_DELTA, lo=0, hi=1000, units="px", doc="Fix Outliers: max COR jump")
     skip_threshold: float = setting(DEFAULT_SKIP_THRESHOLD, lo=0, hi=1, doc="Auto-skip below this share")
     tomolog: Dict[str, Any] = setting(factory=dict, doc="TomoLog settings (see core.tomolog_settings)")

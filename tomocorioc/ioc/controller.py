@@ -106,7 +106,7 @@ class Controller:
             "TomoLogUrl": self._checked(lambda v: check_presentation_url(v, tuple(self.tomolog_allow))),
             "TomoLogCloud": self._checked(check_cloud_service), "TomoLogBeamline": self._checked(check_beamline),
             "CamRot": self._cmd(self._camrot), "ApplyTilt": self._cmd(self._apply_tilt),
-            "FbpFilter": self._put_fbp_filter,
+            "FbpFilter": self._put_fbp_filter, "AcceptCor": self._cmd(self._accept_cor),
         }
         # CamRot measures in a worker process; its result arrives on a waiting thread.
         self.camrot = camrot if camrot is not None else CamRotRunner(on_done=self._camrot_done)
@@ -316,6 +316,11 @@ class Controller:
         sidecar.write(src.path, params, self.service.settings.params)
         return (f"rotate_proj_angle {params.rotate_proj_angle:g}° stored for {Path(src.path).name}; "
                 "its next try and full reconstruction rotate the projections")
+    def _accept_cor(self) -> str:
+        row = self._selected_row()
+        cor = self.service.queue.accept_cor(row.id)
+        self.service.dispatcher.wake()   # a full held for review may start now
+        return f"COR {cor:.2f} of {Path(row.path).name} accepted"
 
     def _remove_selected(self) -> str:
         src = self._selected_row()

@@ -170,6 +170,7 @@ def _table() -> Tuple[PVDef, ...]:
         bound("Gpus", Kind.STRINGOUT, "gpus", Text(blank_is_none=True, squeeze=True), asg="ADMIN"),
         bound("AutoFixOutliers", Kind.BO, "auto_fix_outliers", Flag(), enums=("No", "Yes")),
         bound("SeriesBarrier", Kind.BO, "series_barrier", Flag(), enums=("No", "Yes")),
+        bound("HoldFullOnReview", Kind.BO, "hold_full_on_review", Flag(), enums=("No", "Yes")),
         bound("TomoLogUrl", Kind.LSO, "tomolog.presentation_url", Text(blank_is_none=True),
               "TomoLog presentation URL", asg="ADMIN"),
         bound("TomoLogCloud", Kind.STRINGOUT, "tomolog.cloud_service", Text(blank_is_none=True),
@@ -196,6 +197,7 @@ def _table() -> Tuple[PVDef, ...]:
         _cmd("RemoveSelected", "Remove the selected row", "Remove"),
         _cmd("CamRot", "Measure the selected file's camera tilt", "Measure"),
         _cmd("ApplyTilt", "Store the tilt in the selected sidecar", "Apply"),
+        _cmd("AcceptCor", "Accept the selected file's COR", "Accept"),
         _b("Paused", S, "Queue paused", "Running", "Paused", out=False),
         # -- access security (serve --acf) and the audit trail of puts
         _cmd("ReloadAcf", "Reload the access-security file", "Reload", asg="ADMIN"),

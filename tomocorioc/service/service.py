@@ -66,7 +66,8 @@ class Service:
         # waiter holding a Condition while asking the queue would invert the order.
         self._changed = threading.Event()
         self.queue = JobQueue(on_change=self._persist, max_retries=self.settings.max_retries,
-                              series_barrier=self.settings.series_barrier, auto_fix=self.settings.auto_fix_outliers)
+                              series_barrier=self.settings.series_barrier, auto_fix=self.settings.auto_fix_outliers,
+                              hold_on_review=self.settings.hold_full_on_review)
         self.queue.load(self.store.load_rows(), self.store.meta("fixed_series", []))
         self._factory, self._runner_config = factory, runner_config or {}
         self.cluster, self.path_map = cluster, list(path_map or [])
@@ -313,6 +314,7 @@ class Service:
             self.settings = new
             self.queue.max_retries = new.max_retries
             self.queue.series_barrier, self.queue.auto_fix = new.series_barrier, new.auto_fix_outliers
+            self.queue.hold_on_review = new.hold_full_on_review
             self.dispatcher.timeouts = dict(new.timeouts)
         self.dispatcher.wake()
 

@@ -35,6 +35,9 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="relative per-column gain error in the projections only (ring artefacts), e.g. 0.01")
     parser.add_argument("--zingers", type=float, default=d.zingers,
                         help="fraction of projection pixels hit by zingers, e.g. 1e-4")
+    parser.add_argument("--fov-ratio", type=float, default=None, metavar="R",
+                        help="sample diameter / detector width; > 1 = a sample wider than the field of view "
+                             "(local tomography; default: the sample fits)")
     parser.add_argument("--phantom", default=d.phantom, choices=sorted(PHANTOMS),
                         help=f"sample kind (default {d.phantom})")
     parser.add_argument("--series", default="sample", metavar="NAME",
@@ -79,7 +82,7 @@ def run_simulate(args: argparse.Namespace) -> int:
                            noise=args.noise, phantom=args.phantom, rings=args.rings, zingers=args.zingers,
                            endpoint=args.endpoint, nflat=args.flats, ndark=args.darks, seed=args.seed,
                            abort_fraction=args.abort_fraction, chunked=not args.contiguous,
-                           tilt=args.tilt)
+                           tilt=args.tilt, fov_ratio=args.fov_ratio)
         if args.workers is not None and args.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {args.workers}")
         start = time.perf_counter()

@@ -72,6 +72,7 @@ class SimConfig:
     theta_range: float = 180.0       # 180 or 360 degrees
     half_acquisition: bool = False   # 360° with the axis near an edge: the sample is wider than the detector
     tilt: float = 0.0   # degrees: tomocupy's --rotate-proj-angle that makes the axis vertical
+    fov_ratio: Optional[float] = None   # sample diameter / detector width; > 1 = wider than the field of view
 
     def __post_init__(self) -> None:
         for name, low in (("ncols", 16), ("nrows", 1), ("nproj", 2), ("nflat", 1), ("ndark", 1)):
@@ -117,6 +118,8 @@ class SimConfig:
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
         if self.radius is not None and not (2.0 < self.radius <= self.fov_radius):
             raise ValueError(f"radius must be in (2, {self.fov_radius:g}] px for this axis position, got {self.radius}")
+        if self.fov_ratio is not None and not (0.05 <= self.fov_ratio <= 4.0):
+            raise ValueError(f"fov_ratio (sample diameter / detector width) must be in [0.05, 4], got {self.fov_ratio}")
         if not 0.0 < self.max_attenuation <= 5.0:
             raise ValueError(f"max_attenuation must be in (0, 5], got {self.max_attenuation}")
         if not 0.0 <= self.dark_level <= 5000.0:
@@ -148,6 +151,13 @@ class SimConfig:
         if self.half_acquisition:
             return "360-offset"
         return "360" if self.theta_range == 360.0 else "180"
+
+    @property
+    def sample_radius(self) -> float:
+        """Phantom radius: ``fov_ratio`` x half the detector (may exceed the field of view), else ``radius``."""
+        if self.fov_ratio is not None:
+            return self.fov_ratio * self.ncols / 2.0
+        return self.radius if self.radius is not None else self.fov_radius
 
     @property
     def noisy(self) -> bool:
@@ -294,8 +304,8 @@ class _Detector:
 
 def build_phantom(config: SimConfig) -> Phantom:
     """The config's phantom, sized to its field of view and scaled to ``max_attenuation``."""
-    radius = config.radius if config.radius is not None else config.fov_radius
-    return make_phantom(config.phantom, radius, config.nrows, config.seed, max_attenuation=config.max_attenuation)
+    return make_phantom(config.phantom, config.sample_radius, config.nrows, config.seed,
+                        max_attenuation=config.max_attenuation)
 
 
 def _default_noise_seed(seed: int, index: int) -> int:
@@ -460,6 +470,7 @@ def write_scan(path: Union[str, Path], config: SimConfig, phantom: Phantom, *,
         "aborted": bool(aborted),
         "outlier": False,
         "radius": float(phantom.radius),
+        "fov_ratio": None if config.fov_ratio is None else float(config.fov_ratio),
         "max_line_integral": round(peak, 6),
         "chunked": bool(config.chunked),
     }
@@ -526,6 +537,8 @@ def simulate_series(outdir: Union[str, Path], config: SimConfig, n: int, name: s
     radius = min(c.fov_radius for c in configs)
     if config.radius is not None:
         radius = min(radius, config.radius)
+    if config.fov_ratio is not None:  # the sample's size is fixed by fov_ratio, whatever the axis position
+        radius = None
     configs = [replace(c, radius=radius, aborted=config.aborted or i == aborted_index)
                for i, c in enumerate(configs)]
     phantom = build_phantom(configs[0]) if same_sample else None

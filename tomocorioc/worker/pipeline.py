@@ -12,19 +12,20 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
 from tomocorioc.core import geometry as geo
 from tomocorioc.core import layout
-from tomocorioc.core.cor import CorChoice, agreement, choose
+from tomocorioc.core.cor import PAIR_STRONG, CorChoice, Evidence, agreement, choose, choose_with_evidence
 from tomocorioc.core.params import COR_METHODS, DEFAULT_METRIC, ParamError, ReconParams
 from tomocorioc.core.result import PhaseResult
 from tomocorioc.data.dxfile import DXFile
-from tomocorioc.worker.cor import classical
+from tomocorioc.worker.cor import classical, refine
 from tomocorioc.worker.cor.drift import drift_check
+from tomocorioc.worker.cor.pair import PairEstimate, find_center_pair, is_truncated
 from tomocorioc.worker.cor.rows import row_sinogram
 from tomocorioc.worker.cor.vo import find_center_vo
 from tomocorioc.worker.recon import double_fov
@@ -78,6 +79,31 @@ def sinogram_estimate(scan: DXFile, params: ReconParams) -> Optional[float]:
         return None
 
 
+# Rows around the try row used by the projection-pair estimate: a frame is one HDF5
+# chunk, so more rows cost no extra reading, and they average the photon noise.
+PAIR_ROWS = 16
+TRUNCATED_SMOOTH_PX = 1.5   # Gaussian smoothing of a truncated scan's try curve (measured, issue 16 hard set)
+
+
+def pair_evidence(scan: DXFile, params: ReconParams, center: Optional[float] = None
+                  ) -> Tuple[Optional[PairEstimate], bool]:
+    """The 0/180 projection-pair estimate near the try row (None without a 180° view) and truncation."""
+    row = scan.row_index(params.nsino)
+    r0 = max(0, min(row - PAIR_ROWS // 2, scan.nrows - PAIR_ROWS))
+    r1 = min(scan.nrows, r0 + PAIR_ROWS)
+    block = scan.read_rows(r0, r1)
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+    sino = preprocess(t(block.proj), t(block.flat), t(block.dark), dezinger_width=params.dezinger,
+                      dezinger_threshold=params.dezinger_threshold).numpy()
+    truncated = is_truncated(sino)
+    try:
+        est = find_center_pair(sino, scan.theta_deg(), search_radius=params.search_width, center=center)
+    except ValueError as exc:
+        log.warning("%s: no projection-pair estimate (%s)", scan.path, exc)
+        est = None
+    return est, truncated
+
+
 class Pipeline:
     """Runs one phase of one file at a time; keeps the backend and the AI model between files."""
 
@@ -112,6 +138,7 @@ class Pipeline:
             elif estimate is None:
                 estimate = sinogram_estimate(scan, self.params)
             ncols = scan.ncols
+            pair = pair_evidence(scan, self.params)[0] if self.params.rotation_axis is None else None
         axis = self.params.rotation_axis
         kwargs: Dict[str, Any] = {}
         if geometry == geo.OFFSET:
@@ -121,7 +148,12 @@ class Pipeline:
                 notes.append(f"360-offset scan: try grid centred on the overlap estimate {axis:.1f}")
         if axis is None:
             axis = ncols / 2.0
-            if estimate is not None and abs(estimate - axis) > 0.8 * self.params.search_width:
+            far = pair is not None and abs(pair.cor - axis) > 0.6 * self.params.search_width
+            if pair is not None and far and pair.strength >= PAIR_STRONG:
+                # A clear 0/180 pair far off-centre: centre the grid on it, so the axis is well inside.
+                axis = round(pair.cor * 2) / 2.0
+                notes.append(f"try grid centred on the 0/180 pair estimate {axis:.1f}")
+            elif estimate is not None and abs(estimate - axis) > 0.8 * self.params.search_width:
                 # Far off-centre axis: centre the grid on the estimate (half-pixel aligned).
                 axis = round(estimate * 2) / 2.0
                 notes.append(f"try grid centred on the sinogram estimate {axis:.1f}")
@@ -137,11 +169,29 @@ class Pipeline:
         folder = layout.try_dir(path)
         if not folder.is_dir() or not layout.list_try_slices(folder):
             raise ReconError(f"no try slices in {folder}; run the try phase first")
-        cls = classical.score_try_folder(folder, self.options.metric)
-        cls_choice = choose(cls.centers, cls.scores, estimate=estimate, agree_tolerance=self.options.agree_tolerance)
+        centers = [sl.center for sl in layout.list_try_slices(folder)]
+        axis = 0.5 * (min(centers) + max(centers))
+        with DXFile(path) as scan:
+            pair, truncated = pair_evidence(scan, self.params, center=axis)
+            width = scan.ncols
+        radius = classical.truncated_radius(axis, width, self.params.binning) if truncated else None
+        cls = classical.score_try_folder(folder, self.options.metric, radius=radius)
+        evidence = [Evidence("vo", float(estimate))] if estimate is not None else []
+        if pair is not None:
+            evidence.append(Evidence("pair", pair.cor, pair.strength))
+        # A truncated scan's curve is a broad hump with jitter: smooth it, and skip the refine
+        # pass, which would only resolve the jitter (the pair gives the sub-pixel value there).
+        fine = None if truncated else self._refine(path, cls, radius)
+        cls_choice = choose_with_evidence(cls.centers, cls.scores, evidence, fine=fine,
+                                          smooth_px=TRUNCATED_SMOOTH_PX if truncated else 0.0)
+        if truncated:
+            cls_choice.notes.insert(0, "sample wider than the field of view: scored inside the field of view")
         record: Dict[str, Any] = {"classical": {"metric": cls.metric, "centers": cls.centers, "scores": cls.scores,
                                                 "cor": cls_choice.cor, "confidence": cls_choice.confidence,
-                                                "unscored": cls.unscored}}
+                                                "unscored": cls.unscored},
+                                  "pair": None if pair is None else {"cor": pair.cor, "strength": pair.strength,
+                                                                      "correlation": pair.correlation},
+                                  "truncated": truncated}
         if self.options.use_ai:
             ai = self._ai_scorer().score_try_folder(folder)
             ag = agreement(ai.cor, cls_choice.cor, self.options.agree_tolerance)
@@ -177,6 +227,21 @@ class Pipeline:
                            confidence=choice.confidence, needs_review=choice.needs_review, estimate=estimate,
                            seconds=round(time.perf_counter() - t0, 3), notes=tuple(choice.notes))
 
+    def _refine(self, path: Path, cls: classical.ClassicalScores, radius: Optional[float]
+                ) -> Optional[Tuple[List[float], List[float]]]:
+        """The refine pass around the curve's peak (torch backend, grids coarser than its step), else None."""
+        if getattr(self.backend, "name", "") != "torch" or self.params.search_step <= refine.STEP:
+            return None
+        peak = choose(cls.centers, cls.scores).cor
+        try:
+            fine = refine.refine_scores(path, self.params, peak, cls.metric, radius=radius,
+                                        device=str(getattr(self.backend, "device", "cpu")),
+                                        half_width=max(refine.HALF_WIDTH, self.params.search_step))
+        except (ValueError, OSError, RuntimeError) as exc:   # the coarse curve still stands
+            log.warning("%s: refine pass skipped (%s)", path, exc)
+            return None
+        return fine.centers, fine.scores
+
     def run_full(self, path: Path, cor: Optional[float]) -> PhaseResult:
         """Phase C: the volume at ``cor``."""
         if cor is None:
@@ -187,4 +252,4 @@ class Pipeline:
         return PhaseResult(True, "full done", seconds=round(out.seconds, 3), data={"geometry": geometry})
 
 
-__all__ = ["Pipeline", "InferOptions", "sinogram_estimate"]
+__all__ = ["Pipeline", "InferOptions", "sinogram_estimate", "pair_evidence"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tifffile
@@ -23,11 +23,13 @@ log = logging.getLogger(__name__)
 
 
 
-def _disk(shape: Tuple[int, int], shrink: float = 0.95) -> np.ndarray:
+def _disk(shape: Tuple[int, int], shrink: float = 0.95, radius: Optional[float] = None) -> np.ndarray:
     r, c = shape
     y = np.arange(r) - (r - 1) / 2.0
     x = np.arange(c) - (c - 1) / 2.0
     rad = shrink * min(r, c) / 2.0
+    if radius is not None:
+        rad = min(rad, float(radius))
     return (y[:, None] ** 2 + x[None, :] ** 2) <= rad * rad
 
 
@@ -74,14 +76,20 @@ class ClassicalScores:
 
 
 def score_images(images: Sequence[np.ndarray], centers: Sequence[float], metric: str = DEFAULT_METRIC,
-                 all_metrics: bool = False) -> ClassicalScores:
-    """Score in-memory slices; non-finite or blank slices are reported, not scored."""
+                 all_metrics: bool = False, radius: Optional[float] = None) -> ClassicalScores:
+    """Score in-memory slices; non-finite or blank slices are reported, not scored.
+
+    ``radius`` (px, from the image centre) narrows the scored disk: for a sample
+    wider than the field of view pass :func:`truncated_radius`, so the bright
+    truncation ring at the field-of-view edge and the extrapolated outside are
+    never scored (entropy there keeps rising off-axis and would win).
+    """
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; one of {', '.join(METRICS)}")
     if len(images) != len(centers) or not images:
         raise ValueError(f"{len(images)} images for {len(centers)} centres")
     shape = images[0].shape
-    mask = _disk(shape)
+    mask = _disk(shape, radius=radius)
     vals = []
     unscored: List[Tuple[float, str]] = []
     for img, c in zip(images, centers):
@@ -134,7 +142,21 @@ def read_try_stack(folder: Path) -> Tuple[List[float], List[np.ndarray], int]:
     return [s.center for s in slices], images, slices[0].row
 
 
-def score_try_folder(folder: Path, metric: str = DEFAULT_METRIC, all_metrics: bool = False) -> ClassicalScores:
-    """Score every try slice in a folder."""
+def score_try_folder(folder: Path, metric: str = DEFAULT_METRIC, all_metrics: bool = False,
+                     radius: Optional[float] = None) -> ClassicalScores:
+    """Score every try slice in a folder (``radius``: see :func:`score_images`)."""
     centers, images, _ = read_try_stack(folder)
-    return score_images(images, centers, metric, all_metrics)
+    return score_images(images, centers, metric, all_metrics, radius=radius)
+
+
+TRUNCATED_SHRINK = 0.85  # share of the field-of-view radius scored on a truncated scan (the ring's flank stays out)
+
+
+def truncated_radius(axis: float, width: int, binning: int = 0) -> float:
+    """Disk radius (try-image px) to score when the sample is wider than the field of view.
+
+    The try image is centred on the axis, so the field of view is a disk of
+    ``min(axis, width - axis)`` detector px around the image centre.
+    """
+    f = 2 ** int(binning)
+    return TRUNCATED_SHRINK * max(1.0, min(axis, width - axis)) / f
