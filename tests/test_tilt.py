@@ -25,6 +25,8 @@ from tomocorioc.worker.recon.rotate import rotate_rows, source_rows
 TILTED = [(1.5, 4.3, 0), (-0.3, -6.1, 1), (-1.2, 0.0, 3)]    # (tilt deg, axis offset px, seed)
 SHAPE = dict(ncols=96, nrows=192, nproj=121)
 FAST = ["--search-width", "10"]
+# Three 192-row scans simulated, then measured with 15 rows each: minutes on a loaded 2-core host.
+HEAVY = pytest.mark.timeout(1200)
 
 
 def run_cli(*args, timeout=600):
@@ -103,6 +105,7 @@ def tilted(tmp_path_factory):
     return d, truths
 
 
+@HEAVY
 def test_camrot_measures_the_tilt_and_the_middle_cor(tilted, tmp_path):
     d, truths = tilted
     (tmp_path / "bad.h5").write_text("not hdf5")
@@ -123,6 +126,7 @@ def test_camrot_measures_the_tilt_and_the_middle_cor(tilted, tmp_path):
     assert bad.returncode == 2 and json.loads(bad.stdout)["status"] == "error"
 
 
+@HEAVY
 def test_infer_flags_a_tilted_axis_and_not_a_straight_one(tilted, tmp_path):
     d, truths = tilted
     straight = tmp_path / "straight.h5"
@@ -138,6 +142,7 @@ def test_infer_flags_a_tilted_axis_and_not_a_straight_one(tilted, tmp_path):
     assert abs(scores["drift"]["drift_px"]) > 1.0
 
 
+@HEAVY
 def test_applied_tilt_straightens_the_axis_of_the_full_reconstruction(tilted):
     d, truths = tilted
     t = truths[0]
