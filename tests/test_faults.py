@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import h5py
 import pytest
 from _fixtures import wait_for
 from _ioc import IOC  # noqa: I001 - before pyepics: sets the CA address list
@@ -241,8 +242,9 @@ def test_sigkill_during_a_burst_of_puts_keeps_every_acknowledged_put(tmp_path):
     """Acknowledged = caput -c exited 0 (the binary: it exits non-zero when the write fails or the IOC dies)."""
     data = tmp_path / "data"
     data.mkdir()
-    for i in range(30):
-        (data / f"p_{i:04d}.h5").write_bytes(b"")   # never opened: nothing runs, only the puts matter
+    for i in range(30):   # tiny scans (Enqueue checks the signature); no phase runs, only the puts matter
+        with h5py.File(data / f"p_{i:04d}.h5", "w") as f:
+            f.create_dataset("exchange/data", shape=(3, 1, 8), dtype="uint16")
     ioc = IOC(tmp_path, data, extra=["--no-pva"]).start()
     acked_value, acked_files = None, []
     try:

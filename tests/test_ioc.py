@@ -3,6 +3,7 @@ import asyncio
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _fixtures import fixture_dir
 from _ioc import IOC, appimage_tool, session_ports  # noqa: I001 - before pyepics: sets the CA address list
 
 from tomocorioc.ioc import dbgen
@@ -496,10 +498,11 @@ def test_puts_refused_by_type_conversion_explain_themselves_and_an_empty_long_st
     out = ioc.caput("ModelPath", "/some/model.pt")            # a long-string PV written without -S
     assert out.returncode != 0
     ioc.wait_for("Message", lambda m: m.startswith("ModelPath") and "caput -S" in m, timeout=5)
-    model = data / "model.pt"
-    model.write_bytes(b"x")
+    model = data / "model.pt"      # a real tomocor checkpoint: ModelPath loads it (in a worker-side process)
+    shutil.copyfile(fixture_dir("tomocor-small") / "checkpoint.pt", model)
     try:
-        assert ioc.caput("ModelPath", str(model), string=True).returncode == 0
+        r = ioc.tool("caput", "-c", "-w", "120", "-S", ioc.pv("ModelPath"), str(model), timeout=130)
+        assert r.returncode == 0, r.stderr
         assert ioc.caget("ModelPath") == str(model)
         assert ioc.caput("ModelPath", "", string=True).returncode == 0   # blank: no model
         ioc.wait_for("ModelPath", lambda v: v == "", timeout=5)
