@@ -351,7 +351,8 @@ def test_a_client_that_stops_reading_does_not_freeze_other_monitors(site):
     """A stopped camonitor (socket and update queue full) must cost only itself, during and after."""
     ioc, _, _ = site
     import epics
-    big = "/x" * 1990                                   # ~4 kB per update of a long-string PV
+    # ~4 kB per update of a long-string PV (a Slides URL: TomoLogUrl refuses anything else)
+    big = "https://docs.google.com/presentation/d/" + "a" * 3900
     stalled = subprocess.Popen(appimage_tool("camonitor") + ["-S"] + [ioc.pv("TomoLogUrl")] * 30, env=ioc.env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     other = subprocess.Popen(appimage_tool("camonitor") + [ioc.pv("MaxCorDelta")], env=ioc.env,
@@ -362,7 +363,7 @@ def test_a_client_that_stops_reading_does_not_freeze_other_monitors(site):
         time.sleep(1.0)
         os.killpg(stalled.pid, signal.SIGSTOP)
         for i in range(600):                              # 600 puts x 30 subscriptions x 4 kB: far past the socket
-            pv.put(big + str(i % 10), wait=(i % 50 == 0), timeout=10)
+            pv.put(big + str(i % 10) + "/edit", wait=(i % 50 == 0), timeout=10)
         assert ioc.caput("MaxCorDelta", "41.25").returncode == 0
         time.sleep(1.5)
         os.killpg(stalled.pid, signal.SIGKILL)           # and then the stalled client dies
