@@ -179,6 +179,11 @@ def transition(row: Row, phase: str, new: PhaseState, reason: str = "") -> None:
     log.info("%s: %s %s -> %s%s", row.path, phase, old.value, new.value, f" ({reason})" if reason else "")
 
 
+def cor_text(cor: Optional[float]) -> str:
+    """A COR as messages show it: 2 decimals (the precision of try-slice names), or 'none'."""
+    return "none" if cor is None else f"{cor:.2f}"
+
+
 def valid_cor(value: Any) -> float:
     """A COR from an operator or a file: finite float, else ValueError with a clear message."""
     try:

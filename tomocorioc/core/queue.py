@@ -31,6 +31,7 @@ from tomocorioc.core.jobs import (
     PhaseState,
     Row,
     TransitionError,
+    cor_text,
     transition,
     valid_cor,
 )
@@ -43,10 +44,6 @@ log = logging.getLogger(__name__)
 ChangeHook = Callable[[List[Row], List[dict], List[int], Optional[List[str]]], None]
 _RETRYABLE = (PhaseState.FAILED, PhaseState.CANCELLED, PhaseState.BLOCKED, PhaseState.STALE)
 _COR_EPS = 0.005     # px: CORs are shown and written with 2 decimals; a smaller change changes no output
-
-
-def _cor_text(cor: Optional[float]) -> str:
-    return "none" if cor is None else f"{cor:.2f}"
 
 
 class QueueError(ValueError):
@@ -361,7 +358,7 @@ class JobQueue:
                 w.needs_review = bool(needs_review)
             stale = [p for p in COR_CONSUMERS if moved and w.state[p] in FINISHED_OK]
             for p in stale:
-                transition(w, p, PhaseState.STALE, f"COR {_cor_text(event['old'])} -> {_cor_text(value)} ({source})")
+                transition(w, p, PhaseState.STALE, f"COR {cor_text(event['old'])} -> {cor_text(value)} ({source})")
                 if rerun and w.phases.get(p):
                     transition(w, p, PhaseState.QUEUED, "re-run: the COR changed")
             w.updated = time.time()

@@ -29,15 +29,16 @@ from tomocorioc.data.errors import (
     TruncatedFileError,
     UnreadableError,
 )
+from tomocorioc.data.scansize import HDF5_MAGIC as _HDF5_MAGIC
+from tomocorioc.data.scansize import PLANNED_PATH, THETA_PATH, planned_count
 
 log = logging.getLogger(__name__)
 
 DATA = "/exchange/data"
 WHITE = "/exchange/data_white"
 DARK = "/exchange/data_dark"
-PLANNED_ANGLES = "/process/acquisition/rotation/num_angles"
-THETA = "/exchange/theta"
-_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+PLANNED_ANGLES = PLANNED_PATH
+THETA = THETA_PATH
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class RowBlock:
     dark: np.ndarray   # (r1-r0, ncols), mean of the darks
 
 
-def _open_h5(path: Path) -> h5py.File:
+def open_h5(path: Path) -> h5py.File:
     """Open read-only, mapping every failure to one typed, one-line error."""
     if not path.exists():
         raise NotAFileError(f"{path}: no such file")
@@ -84,7 +85,7 @@ class DXFile:
 
     def __init__(self, path: os.PathLike, *, require_flats: bool = True) -> None:
         self.path = Path(path)
-        self._h5 = _open_h5(self.path)
+        self._h5 = open_h5(self.path)
         try:
             self._validate(require_flats)
         except BaseException:
@@ -148,12 +149,7 @@ class DXFile:
     @property
     def planned_projections(self) -> Optional[int]:
         """tomoScan's planned projection count (``/process/acquisition/rotation/num_angles``), if recorded."""
-        ds = self._h5.get(PLANNED_ANGLES)
-        try:
-            value = int(np.asarray(ds[()]).ravel()[0]) if ds is not None else None
-        except (TypeError, ValueError, IndexError, OSError):
-            return None
-        return value if value and value > 0 else None
+        return planned_count(self._h5.get(PLANNED_ANGLES))
 
     @property
     def shape(self) -> Tuple[int, int, int]:

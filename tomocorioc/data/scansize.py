@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any, Iterable, List, Optional, Tuple
 
 from tomocorioc.core.series import (
@@ -14,7 +15,7 @@ from tomocorioc.core.series import (
     check_skip_threshold,
     undersized_scans,
 )
-from tomocorioc.data.errors import MissingDatasetError, NotHDF5Error, ShapeError, UnreadableError
+from tomocorioc.data.errors import MissingDatasetError, ShapeError
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def read_scan_size(path: PathLike) -> ScanSize:
             theta = fh.get(THETA_PATH)
             ntheta = int(theta.shape[0]) if isinstance(theta, h5py.Dataset) and len(theta.shape) == 1 else None
             return ScanSize(file, nproj=int(dset.shape[0]), nbytes=nbytes, ntheta=ntheta,
-                            planned=_planned(fh.get(PLANNED_PATH)))
+                            planned=planned_count(fh.get(PLANNED_PATH)))
     except (OSError, KeyError, ValueError, RuntimeError) as exc:
         return ScanSize(file, nbytes=nbytes, error=f"unreadable: {exc}")
 
@@ -48,7 +49,7 @@ THETA_PATH = "/exchange/theta"
 PLANNED_PATH = "/process/acquisition/rotation/num_angles"   # what tomoScan meant to acquire
 
 
-def _planned(ds: Any) -> Optional[int]:
+def planned_count(ds: Any) -> Optional[int]:
     """A positive planned projection count, or None (absent, empty or not a number)."""
     try:
         flat = ds[()] if ds is not None else None
@@ -58,39 +59,31 @@ def _planned(ds: Any) -> Optional[int]:
     return value if value and value > 0 else None
 
 
-_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"   # the signature at the start of an HDF5 file without a user block
 
 
 def scan_shape(path: PathLike) -> Tuple[int, int, int]:
     """``(projections, rows, width)`` of ``/exchange/data``; DatasetError (one line) when it is no scan.
 
-    Checks the HDF5 signature before h5py opens the file, so a text file named
-    ``x.h5`` is refused with "not an HDF5 file", not an HDF5 library trace.
+    Opened as a scan is (:func:`tomocorioc.data.dxfile.open_h5` checks the
+    HDF5 signature first), so a text file named ``x.h5`` is refused with "not
+    an HDF5 file", not an HDF5 library trace.
     """
     import h5py  # here: the IOC imports this module, and most calls never open a file
 
-    file = str(path)
-    name = os.path.basename(file)
-    try:
-        with open(file, "rb") as fh:
-            head = fh.read(8)
-    except OSError as exc:
-        raise UnreadableError(f"{name}: cannot read ({exc.strerror or exc})") from None
-    if head != _HDF5_MAGIC and not h5py.is_hdf5(file):   # a user block may precede the signature
-        raise NotHDF5Error(f"{name}: not an HDF5 file")
-    try:
-        with _open_h5(h5py, file) as fh:
-            dset = fh.get(DATA_PATH)
-            if not isinstance(dset, h5py.Dataset):
-                raise MissingDatasetError(f"{name}: no {DATA_PATH} dataset (not a DXfile scan)")
-            if len(dset.shape) != 3:
-                raise ShapeError(f"{name}: {DATA_PATH} has shape {tuple(dset.shape)}, expected "
-                                 "(projections, rows, columns)")
-            nproj, nrows, width = (int(n) for n in dset.shape)
-    except (OSError, KeyError, RuntimeError) as exc:
-        raise UnreadableError(f"{name}: cannot open as HDF5 ({str(exc).splitlines()[0][:120]})") from None
+    from tomocorioc.data.dxfile import open_h5
+
+    file = Path(path)
+    with open_h5(file) as fh:
+        dset = fh.get(DATA_PATH)
+        if not isinstance(dset, h5py.Dataset):
+            raise MissingDatasetError(f"{file.name}: no {DATA_PATH} dataset (not a DXfile scan)")
+        if len(dset.shape) != 3:
+            raise ShapeError(f"{file.name}: {DATA_PATH} has shape {tuple(dset.shape)}, expected "
+                             "(projections, rows, columns)")
+        nproj, nrows, width = (int(n) for n in dset.shape)
     if min(nproj, nrows, width) < 1:
-        raise ShapeError(f"{name}: {DATA_PATH} is empty {(nproj, nrows, width)}")
+        raise ShapeError(f"{file.name}: {DATA_PATH} is empty {(nproj, nrows, width)}")
     return nproj, nrows, width
 
 
@@ -124,4 +117,5 @@ def find_undersized(paths: Iterable[PathLike], threshold: float = DEFAULT_SKIP_T
     return skips
 
 
-__all__ = ["read_scan_size", "find_undersized", "scan_shape", "DATA_PATH"]
+__all__ = ["read_scan_size", "find_undersized", "scan_shape", "planned_count", "DATA_PATH", "THETA_PATH",
+           "PLANNED_PATH", "HDF5_MAGIC"]

@@ -15,7 +15,7 @@ from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional
 
 from tomocorioc.core import series as series_tools
 from tomocorioc.core import sidecar
-from tomocorioc.core.jobs import Row
+from tomocorioc.core.jobs import Row, cor_text
 from tomocorioc.core.params import ReconParams
 from tomocorioc.core.queue import JobQueue, QueueError
 from tomocorioc.core.result import Job
@@ -32,10 +32,6 @@ log = logging.getLogger(__name__)
 RUNNER = "tomocorioc.worker.runner:make_runner"
 # Builds a dispatcher from (queue, slots, factory, runner config, job builder, **callbacks); tests pass a fake.
 DispatcherFactory = Callable[..., Dispatcher]
-
-
-def _cor_text(cor: Optional[float]) -> str:
-    return "none" if cor is None else f"{cor:.2f}"
 
 
 def _utf8_names(paths: List[str]) -> Tuple[List[str], List[str]]:
@@ -235,7 +231,7 @@ class Service:
             self.notice(f"{Path(row.path).name}: COR {row.cor} not written beside the scan: {exc}")
         if stale:
             again = [p for p in stale if row.state[p].value == "queued"]
-            self.notice(f"{Path(row.path).name}: COR changed to {_cor_text(row.cor)} ({source}); "
+            self.notice(f"{Path(row.path).name}: COR changed to {cor_text(row.cor)} ({source}); "
                         + (f"{', '.join(again)} queued again" if again else
                            f"{', '.join(stale)} stale (Start re-runs it)"))
         return stale
