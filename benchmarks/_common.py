@@ -9,7 +9,10 @@ import importlib.metadata
 import os
 import platform
 import subprocess
+from pathlib import Path
 from typing import Sequence
+
+import numpy as np
 
 
 def cpu_model() -> str:
@@ -63,3 +66,16 @@ def pct(xs: Sequence[float], q: float) -> float:
 def ratio(a: float, b: float) -> str:
     """``a / b`` as '1.5×'; '–' when either is nan or ``b`` is not positive."""
     return "–" if (a != a or b != b or b <= 0) else f"{a / b:.1f}×"
+
+
+def try_row_sinogram(path: Path) -> np.ndarray:
+    """The normalised -log sinogram row the try phase reconstructs (default --nsino 0.5, no dezinger)."""
+    import torch
+
+    from tomocorioc.data.dxfile import DXFile
+    from tomocorioc.worker.recon.preprocess import preprocess
+    with DXFile(path) as scan:
+        row = scan.row_index(0.5)
+        block = scan.read_rows(row, row + 1)
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+    return preprocess(t(block.proj), t(block.flat), t(block.dark))[0].numpy().astype(np.float64)

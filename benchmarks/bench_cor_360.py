@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from _common import load_average, machine_description  # this folder is on sys.path (run as a script)
+from _common import load_average, machine_description, try_row_sinogram  # this folder is on sys.path (run as a script)
 
 from tomocorioc.sim import SimConfig, read_truth, simulate_scan
 
@@ -78,19 +78,6 @@ SUITE: Tuple[ScanSpec, ...] = (
     ScanSpec("h08", 512, 720, 200.45, "fibers", 5000, seed=8),
 )
 QUICK: Tuple[ScanSpec, ...] = SUITE[:2]
-
-
-def try_row_sinogram(path: Path) -> np.ndarray:
-    """The normalised -log sinogram row the try phase reconstructs (default --nsino 0.5)."""
-    import torch
-
-    from tomocorioc.data.dxfile import DXFile
-    from tomocorioc.worker.recon.preprocess import preprocess
-    with DXFile(path) as scan:
-        row = scan.row_index(0.5)
-        block = scan.read_rows(row, row + 1)
-    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
-    return preprocess(t(block.proj), t(block.flat), t(block.dark))[0].numpy().astype(np.float64)
 
 
 def algotom_360(sino: np.ndarray) -> float:

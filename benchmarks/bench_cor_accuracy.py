@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from _common import load_average, machine_description  # this folder is on sys.path (run as a script)
+from _common import load_average, machine_description, try_row_sinogram  # this folder is on sys.path (run as a script)
 
 from tomocorioc.core import layout
 from tomocorioc.core.cor import choose
@@ -190,19 +190,6 @@ class ScanResult:
     seconds_try: float = 0.0
     seconds_algotom: float = 0.0
     cli_rss_mib: float = 0.0
-
-
-def try_row_sinogram(path: Path) -> np.ndarray:
-    """The normalised -log sinogram row the try phase reconstructs (default --nsino 0.5, no dezinger)."""
-    import torch
-
-    from tomocorioc.data.dxfile import DXFile
-    from tomocorioc.worker.recon.preprocess import preprocess
-    with DXFile(path) as scan:
-        row = scan.row_index(0.5)
-        block = scan.read_rows(row, row + 1)
-    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
-    return preprocess(t(block.proj), t(block.flat), t(block.dark))[0].numpy().astype(np.float64)
 
 
 def algotom_vo(sino: np.ndarray) -> float:
