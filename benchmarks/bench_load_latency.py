@@ -59,8 +59,9 @@ Measured per phase:
   rows finished, reads/s.  A jobs window in which the workers used no CPU and no row finished is
   reported, with each process's state and ``py-spy dump``, and the temp dir is kept.
 
-Diagnostics: ``--nice-workers N`` / ``--nice-clients N`` renice the workers / the 8 load clients (every
-thread) before each window: does the IOC meet the goal when it has CPU priority?  (With the kernel's
+Diagnostics: ``--nice-workers N`` / ``--nice-clients N`` / ``--nice-writer N`` renice the workers / the 8
+load clients / the writer and the probe (every thread) before each window: does the IOC meet the goal when it
+has CPU priority, and how much of the ack time is the measuring client's own wait for a CPU?  (With the kernel's
 autogroup scheduling, nice only ranks processes of one session: other sessions still get their share.)
 
 Where the IOC's time goes: for every window, each IOC thread's CPU time and run-queue wait (time
@@ -72,7 +73,7 @@ and what it ran (the asyncio task/callback or the executor job, and the innermos
 
     python benchmarks/bench_load_latency.py [--quick] [--rounds N] [--phase-seconds S] [--phases idle,loaded,...]
            [--put-period S] [--read-pause S] [--search-width PX] [--py-spy] [--nice-workers N]
-           [--nice-clients N] [--json out.json] [--keep]
+           [--nice-clients N] [--nice-writer N] [--json out.json] [--keep]
 
 Default about 5-6 min on 2 cores (3 rounds x 4 phases x 15 s), ``--quick`` about 1.5 min (2 rounds x idle,
 loaded x 10 s).  Nothing asserts on time; the exit status is non-zero only when the harness fails.
@@ -238,16 +239,19 @@ def share(xs: Sequence[float], limit: float) -> str:
 class Ioc(Server):
     """The real IOC with two slots (``--gpus 0,1``) and the torch backend."""
 
-    def __init__(self, tmp: Path, apprun: str, repeater_port: int, ports: Sequence[int], gpus: str) -> None:
+    def __init__(self, tmp: Path, apprun: str, repeater_port: int, ports: Sequence[int], gpus: str,
+                 nice: Tuple[int, int]) -> None:
         super().__init__("tomocorioc", tmp, apprun, repeater_port, ports)
-        self.gpus = gpus
+        self.gpus, self.nice = gpus, nice
+        self.state = self.dir / "state"
         self.data = self.dir / "data"
 
     def argv(self, script: str) -> List[str]:
         self.data.mkdir(exist_ok=True)
         return [sys.executable, "-m", "tomocorioc", "serve", "--prefix", self.prefix,
-                "--state", str(self.dir / "state"), "--data-root", str(self.data),
-                "--interface", "127.0.0.1", "--gpus", self.gpus, "--backend", "torch"]
+                "--state", str(self.state), "--data-root", str(self.data),
+                "--interface", "127.0.0.1", "--gpus", self.gpus, "--backend", "torch",
+                "--nice", str(self.nice[0]), "--rt-priority", str(self.nice[1])]
 
     def put(self, name: str, value: Any, string: bool = False) -> None:
         """``caput -c`` (waits for completion; a refused put is a harness failure)."""
@@ -406,7 +410,9 @@ class Bench:
         self.apprun = find_apprun()
         self.script = str(Path(__file__).resolve())
         self.tmp = Path(tempfile.mkdtemp(prefix="bench_load_"))
-        self.ioc = Ioc(self.tmp, self.apprun, self.repeater_port, ports[1:], a.gpus)
+        self.ioc = Ioc(self.tmp, self.apprun, self.repeater_port, ports[1:], a.gpus, (a.ioc_nice, a.ioc_rt))
+        if a.state_dir is not None:   # diagnostic: the state on a file system the workers do not write
+            self.ioc.state = Path(tempfile.mkdtemp(prefix="bench_load_state_", dir=a.state_dir))
         self.repeater: Optional[subprocess.Popen] = None
         self.writer: Optional[Child] = None
         self.probe: Optional[Child] = None
@@ -639,6 +645,8 @@ class Bench:
         client_pids = [c.proc.pid for c in readers + monitors]
         renice(workers, a.nice_workers)                   # diagnostics (default 0: nothing changes)
         renice(client_pids, a.nice_clients)
+        if self.writer and self.probe:
+            renice([self.writer.proc.pid, self.probe.proc.pid], a.nice_writer)
         mine = [self.writer.proc.pid, self.probe.proc.pid, os.getpid()] if self.writer and self.probe else []
         cpu0 = (proc_cpu([ioc_pid]), proc_cpu(workers), proc_cpu(client_pids), proc_cpu(mine), host_cpu())
         sched0 = thread_sched(ioc_pid)
@@ -802,7 +810,8 @@ class Bench:
         print(f"phases {','.join(a.phases)} x {a.rounds} rounds x {a.phase_seconds:g} s; put every {a.put_period:g} s; "
               f"reader pause {a.read_pause:g} s; CenterSearchWidth {a.search_width:g}; --gpus {a.gpus}"
               + (f"; workers reniced to {a.nice_workers}" if a.nice_workers else "")
-              + (f"; load clients reniced to {a.nice_clients}" if a.nice_clients else ""), flush=True)
+              + (f"; load clients reniced to {a.nice_clients}" if a.nice_clients else "")
+              + (f"; writer and probe reniced to {a.nice_writer}" if a.nice_writer else ""), flush=True)
         self.results["load_start"] = os.getloadavg()
         self.results["settings"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}
         self.setup()
@@ -995,6 +1004,8 @@ class Bench:
         stop_process(self.repeater)
         if not (self.a.keep or self.keep_tmp):
             shutil.rmtree(self.tmp, ignore_errors=True)
+            if self.a.state_dir is not None and self.ioc is not None:
+                shutil.rmtree(self.ioc.state, ignore_errors=True)
         elif self.keep_tmp and not self.a.keep:
             print(f"kept {self.tmp} (a stall was recorded there)")
 
@@ -1027,10 +1038,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--gpus", default="0,1", help="serve --gpus (default 0,1: two slots, CPU here)")
     ap.add_argument("--py-spy", action="store_true",
                     help="sample the IOC with py-spy during the last round's windows")
+    ap.add_argument("--ioc-nice", type=int, default=-5,
+                    help="serve --nice (default -5, serve's default; 0: the IOC at the clients' priority)")
+    ap.add_argument("--state-dir", type=Path, default=None,
+                    help="diagnostic: put the IOC's state directory under this folder (e.g. /dev/shm) instead of "
+                         "beside the data the workers write")
+    ap.add_argument("--ioc-rt", type=int, default=1,
+                    help="serve --rt-priority (default 1, serve's default; 0: no real-time threads)")
     ap.add_argument("--nice-workers", type=int, default=0,
                     help="diagnostic: renice the IOC's worker processes to this value before each window")
     ap.add_argument("--nice-clients", type=int, default=0,
                     help="diagnostic: renice the 8 load clients to this value (as if they ran on other hosts)")
+    ap.add_argument("--nice-writer", type=int, default=0,
+                    help="diagnostic: renice the writer and the probe to this value (the measuring clients "
+                         "ahead of the load, as an operator's console on its own host would be)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--json", type=Path, help="write every figure (and the raw samples) here")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, records, py-spy output)")

@@ -11,6 +11,11 @@ for _k, _v in {
 }.items():
     os.environ.setdefault(_k, _v)
 
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import pytest  # noqa: E402
+
 # libca spawns a caRepeater when none is bound to the repeater port, and that
 # detached process inherits the spawning client's stdout/stderr: a `caget` run
 # with captured output then waits for EOF on a pipe the repeater holds for
@@ -30,3 +35,17 @@ def pytest_sessionstart(session):
 def pytest_sessionfinish(session, exitstatus):
     for proc in _REPEATER:
         stop_process(proc)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing test's report lists the EPICS client calls that failed while it ran (tests/_ioc.py)."""
+    outcome = yield
+    rep = outcome.get_result()
+    ioc = sys.modules.get("_ioc")
+    if ioc is None or not rep.failed:
+        return
+    since = time.time() - call.duration - 1.0
+    misses = [f"{time.strftime('%H:%M:%S', time.localtime(t))} {text}" for t, text in ioc.CLIENT_MISSES if t >= since]
+    if misses:
+        rep.sections.append(("EPICS client calls that failed", "\n".join(misses[-40:])))

@@ -884,6 +884,7 @@ def test_autosave_round_trip_restores_every_setting_and_nothing_else(tmp_path: P
         group.close(wait=True)
     assert all(wanted[p.name] != p.default for p in SETTINGS)            # every setting moved
     saved = json.loads(autosave.read_text())
+    assert saved.pop("_settings_generation") == svc.settings_generation == svc.store.settings_generation
     for p in TABLE:
         assert (f"AS:{p.name}" in saved) == (p.role is Role.SETTING), p.name   # no command, no SELECT PV
     assert set(saved) == {f"AS:{p.name}" for p in SETTINGS}

@@ -79,6 +79,31 @@ def test_timeout_kills_the_process_tree_and_only_that_slot(tmp_path):
         d.stop()
 
 
+def test_a_job_sent_to_a_worker_that_just_died_is_queued_again_not_left_running():
+    """The probe's worker kills: a worker dead between its "ready" and the next job made the send raise
+    BrokenPipeError in the loop; the row stayed "running" with no worker."""
+    import multiprocessing as mp
+    q = JobQueue(max_retries=0)
+    d = LocalDispatcher(q, [SlotSpec("s0", {})], TRIVIAL, {},
+                        lambda row, phase: Job(path=row.path, phase=phase, extra={"action": "ok"}))
+    q._on_change = lambda *a: d.wake()
+    d.start()
+    try:
+        assert wait_for(lambda: [s.state for s in d.slot_status()] == [SlotState.IDLE], 30)
+        slot = d._slots[0]
+        first = slot.proc.pid
+        dead_end, gone = mp.Pipe()
+        gone.close()             # the worker's end is gone: a send raises BrokenPipeError, as after its death
+        slot.conn = dead_end
+        (rid,) = q.add(["/d/p_1.h5"], phases={"try": True, "infer": False, "full": False})
+        assert wait_for(lambda: q.row(rid).state["try"] is S.DONE, 30), q.row(rid)
+        assert q.row(rid).attempts == 0 and q.row(rid).error is None     # no retry used: it never ran
+        assert d._slots[0].proc.pid != first and not pid_alive(first)
+        assert d.heartbeat and d._thread.is_alive()
+    finally:
+        d.stop()
+
+
 def test_slots_from_gpus():
     assert [s.env["CUDA_VISIBLE_DEVICES"] for s in slots_for("0,2")] == ["0", "2"]
     assert slots_for("")[0].name == "cpu0"

@@ -129,3 +129,16 @@ def test_non_finite_rows(tmp_path):
     with DXFile(write_dx(tmp_path / "nt.h5", theta=np.array([0, np.nan] + [1.0] * 10))) as dx:
         with pytest.raises(E.NonFiniteError):
             dx.theta_deg()
+
+
+def test_flat_no_brighter_than_dark_is_refused(tmp_path):
+    """A zeroed (or shutter-closed) flat normalised to a clamped constant: the job looked done with a COR."""
+    for name, white in (("zero.h5", np.zeros((3, 4, 16), np.uint16)), ("dim.h5", np.full((3, 4, 16), 100, np.uint16))):
+        with DXFile(write_dx(tmp_path / name, white=white)) as dx:
+            with pytest.raises(E.FlatFieldError, match=r"data_white is not brighter than data_dark in rows 0\.\.2 "
+                                                        r"\(median white - dark = -?\d+\)"):
+                dx.read_rows(0, 2)
+    half = np.full((3, 4, 16), 2000, np.uint16)
+    half[:, :, :5] = 0      # a few dead flat pixels: the rest is a usable flat field
+    with DXFile(write_dx(tmp_path / "partly.h5", white=half)) as dx:
+        assert dx.read_rows(0, 2).flat.shape == (2, 16)

@@ -43,11 +43,10 @@ def need_root_mount(tmp: Path) -> Path:
 def fill(folder: Path) -> Path:
     """Fill the file system holding ``folder``; returns the filler file (delete it to free the space)."""
     filler = folder / "filler"
-    with open(filler, "wb") as fh:
+    with open(filler, "wb", buffering=0) as fh:    # unbuffered: nothing left for close() to fail on
         try:
             while True:
                 fh.write(b"\0" * 65536)
-                fh.flush()
         except OSError:
             pass
     return filler
@@ -162,6 +161,58 @@ def test_serve_refuses_a_missing_tomocupy_in_one_line(tmp_path):
     assert len(err) == 1 and "tomocupy program not found" in err[0] and "Traceback" not in p.stderr
 
 
+@pytest.mark.parametrize("option, value, why", [
+    ("--prefix", "", "a PV prefix is letters, digits"),
+    ("--prefix", "2bma TomoCor:", "a PV prefix is letters, digits"),     # caget would see two names
+    ("--prefix", "2bma.TomoCor:", "a PV prefix is letters, digits"),     # "." starts a field name
+    ("--state", "/proc/tomocorioc-state", "cannot use it as the state directory (No such file or directory)"),
+    ("--data-root", "/nonexistent-data", "data root is not a directory: /nonexistent-data"),
+])
+def test_serve_refuses_bad_options_in_one_line(tmp_path, option, value, why):
+    args = {"--prefix": "T0:", "--state": str(tmp_path / "s"), "--data-root": str(tmp_path), option: value}
+    p = subprocess.run([sys.executable, "-m", "tomocorioc", "serve", "--interface", "127.0.0.1",
+                        *[x for kv in args.items() for x in kv]], capture_output=True, text=True, timeout=120)
+    err = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(err) == 1 and why in err[0], p.stderr
+
+
+def test_a_corrupt_state_database_is_one_line_for_serve_and_run(tmp_path):
+    state = tmp_path / "s"
+    state.mkdir()
+    (state / "tomocorioc.sqlite").write_bytes(os.urandom(4096))     # was a sqlite3.DatabaseError traceback
+    serve = subprocess.run([sys.executable, "-m", "tomocorioc", "serve", "--interface", "127.0.0.1", "--prefix",
+                            "T0:", "--state", str(state), "--data-root", str(tmp_path)],
+                           capture_output=True, text=True, timeout=120)
+    run = subprocess.run([sys.executable, "-m", "tomocorioc", "run", str(tmp_path / "x.h5"), "--state", str(state)],
+                         capture_output=True, text=True, timeout=120)
+    why = f"state database {state}/tomocorioc.sqlite: file is not a database (move it away to start with an empty"
+    for p, code in ((serve, 1), (run, 2)):
+        err = [line for line in p.stderr.splitlines() if "tomocorioc" in line and "WARNING" not in line]
+        assert p.returncode == code and len(err) == 1 and why in err[0] and "Traceback" not in p.stderr, p.stderr
+
+
+def test_a_state_directory_serves_one_service_at_a_time(tmp_path):
+    """A second IOC (or a run --state) on the same state would dispatch the same rows twice."""
+    data = tmp_path / "data"
+    data.mkdir()
+    ioc = IOC(tmp_path, data, extra=["--no-pva"]).start()
+    try:
+        why = f"state directory {ioc.state} is in use by another tomocorioc (pid {ioc.proc.pid}): stop it, or give"
+        second = subprocess.run([sys.executable, "-m", "tomocorioc", "serve", "--interface", "127.0.0.1", "--prefix",
+                                 "T1:", "--state", str(ioc.state), "--data-root", str(data), "--no-pva"],
+                                capture_output=True, text=True, timeout=120, env=ioc.env)
+        run = subprocess.run([sys.executable, "-m", "tomocorioc", "run", str(data / "x.h5"), "--state",
+                              str(ioc.state)], capture_output=True, text=True, timeout=120)
+        for p, code in ((second, 1), (run, 2)):
+            err = [line for line in p.stderr.splitlines() if line.startswith("tomocorioc ")]
+            assert p.returncode == code and len(err) == 1 and why in err[0] and "Traceback" not in p.stderr, p.stderr
+        assert ioc.caget("ServerRunning") == "Running"
+    finally:
+        ioc.kill()        # SIGKILL: the kernel drops the lock with the process
+    again = IOC(tmp_path, data, prefix=ioc.prefix, state=ioc.state, ca_port=ioc.ca_port, extra=["--no-pva"]).start()
+    again.kill()
+
+
 # -- the IOC, from outside -------------------------------------------------------------------------------------
 def test_a_full_state_disk_fails_puts_without_phantom_rows_and_the_ioc_recovers(tmp_path):
     small = need_root_mount(tmp_path)
@@ -224,9 +275,17 @@ def test_restart_restores_autosave_then_the_command_line_wins(tmp_path):
         assert ioc.caget("Slot1:Name") == "gpu0"
         for name, value in (("TryTimeout", "120"), ("InferTimeout", "60"), ("FullTimeout", "0")):
             assert ioc.caput(name, value).returncode == 0
+        saved: dict = {}
+        deadline = time.monotonic() + 10   # the file follows the acknowledged puts on its own thread
+        while saved.get(ioc.pv("FullTimeout"), {}).get("value") != 0:
+            assert time.monotonic() < deadline, saved
+            time.sleep(0.05)
+            try:
+                saved = json.loads((state / "autosave" / "tomoCor_settings.json").read_text())
+            except (OSError, ValueError):
+                saved = {}
     finally:
         ioc.kill()
-    saved = json.loads((state / "autosave" / "tomoCor_settings.json").read_text())
     assert saved[ioc.pv("Gpus")]["value"] == "0" and saved[ioc.pv("TryTimeout")]["value"] == 120
     again = IOC(tmp_path, data, prefix=ioc.prefix, state=state, ca_port=ioc.ca_port, extra=["--gpus", ""]).start()
     try:
@@ -234,6 +293,9 @@ def test_restart_restores_autosave_then_the_command_line_wins(tmp_path):
         assert [float(again.caget(n)) for n in ("TryTimeout", "InferTimeout", "FullTimeout")] == [120, 60, 0]
         text = again.log_path.read_text(errors="replace")   # both runs: one worker started by each
         assert text.count("worker pid") == 2 and "broken" not in text
+        # the autosaved Gpus "0" is not restored first (refused on this host: "no CUDA devices" on Message)
+        assert "no CUDA devices" not in text and "Gpus" not in again.caget("Message")
+        assert "not restored: the command line sets it" in text
     finally:
         again.kill()
 
@@ -324,3 +386,28 @@ def test_a_full_data_disk_fails_the_job_with_no_space_left(tmp_path):
         assert again.returncode == 0 and json.loads(again.stdout)["phases"] == {"try": "done"}   # nothing half-kept
     finally:
         subprocess.run(["umount", "-l", str(small)], capture_output=True)
+
+
+def test_commits_reach_the_disk_from_the_sync_thread_and_a_killed_writer_loses_none(tmp_path):
+    """No fsync per commit: a commit is in the OS when it returns (SIGKILL loses nothing), on disk within
+    SYNC_PERIOD (the store's own thread), and close() syncs what is left and stops that thread."""
+    from tomocorioc.service.store import SYNC_PERIOD, StateStore
+
+    code = ("import os, signal, sys\n"
+            "from tomocorioc.service.store import StateStore\n"
+            "s = StateStore(sys.argv[1])\n"
+            "for i in range(50):\n"
+            "    s.set_setting(f'k{i}', i)\n"
+            "print('acked', flush=True)\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "a")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == -signal.SIGKILL and "acked" in r.stdout, r.stderr
+    s = StateStore(tmp_path / "a")
+    assert s.settings() == {f"k{i}": i for i in range(50)}
+    s.set_setting("x", 1)
+    assert s._dirty
+    assert wait_for(lambda: not s._dirty, timeout=SYNC_PERIOD + 5)    # the sync thread fsynced the WAL
+    s.set_setting("y", 2)
+    syncer = s._syncer
+    s.close()
+    assert not s._dirty and not syncer.is_alive()

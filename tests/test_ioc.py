@@ -31,6 +31,21 @@ def test_db_files_are_generated_from_the_pv_table():
     assert "MaxCorDelta" in req and "Enqueue" not in req and "Start" not in req  # commands never autosaved
 
 
+def test_row_error_drops_the_row_path_and_messages_are_printable():
+    from tomocorioc.core.jobs import Row
+    from tomocorioc.ioc.controller import Controller
+    from tomocorioc.ioc.convert import one_line
+    row = Row(id=1, path="/data/2026-12/sample/s_0001.h5", series="s",
+              error="try: /data/2026-12/sample/s_0001.h5: missing dataset /exchange/data_white")
+    shown = Controller._row_values("Row01", row, full_path=False)["Row01:Error"]
+    assert shown == "try: missing dataset /exchange/data_..."
+    assert one_line("Enqueue: path must be absolute: \x01\x02 \x7f") == "Enqueue: path must be absolute: ?? ?"
+    assert one_line("サンプル_0001.h5:\n not\tfound") == "サンプル_0001.h5: not found"
+    from tomocorioc.ioc.pvdefs import LONG_STRING, fit_long
+    assert fit_long("サンプル") == "サンプル" and fit_long("/d/\udcff_1.h5") == "/d/?_1.h5"
+    assert len(fit_long("é" * LONG_STRING).encode()) == LONG_STRING - 2    # cut at a character, NUL fits
+
+
 def test_watchdog_counts_down_when_the_heartbeat_stops():
     w = Watchdog(5)
     assert [w.tick(b) for b in (1, 2, 3)] == [5, 5, 5]

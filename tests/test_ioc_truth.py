@@ -7,10 +7,13 @@
 * an absent COR reads as NaN with INVALID severity (``caget -d DBR_CTRL_DOUBLE``);
 * a refused ``SelectFile`` clears the selection; a COR outside the detector is refused;
 * ModelPath takes only a loadable tomocor checkpoint under the model roots, and clears with "";
-* Enqueue refuses a single file that is not an HDF5 scan; Gpus is refused at once on a host without CUDA.
+* Enqueue refuses a single file that is not an HDF5 scan, a glob queues scan files only and Message
+  says what the put did (already queued, a name that is not UTF-8) when the put is acknowledged; a UTF-8
+  file name reads back whole; Gpus is refused at once on a host without CUDA.
 """
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import shutil
@@ -76,6 +79,11 @@ def rec_axis(data: Path, n: int) -> float:
     """The COR the full reconstruction of scan ``n`` used (its rec_line.txt, tomocupy's command)."""
     words = (layout.full_dir(data / f"t_{n:04d}.h5") / layout.REC_LINE_FILE).read_text().split()
     return float(words[words.index("--rotation-axis") + 1])
+
+
+def utf8(shown: str) -> str:
+    """A long string as caget -S prints it (bytes outside ASCII escaped, ``\\xef``) back to its text."""
+    return codecs.escape_decode(shown.encode("latin-1"))[0].decode("utf-8")
 
 
 def refused(ioc: IOC, name: str, value: str, why: str, string: bool = False, wait: float = 5.0) -> str:
@@ -210,6 +218,43 @@ def test_enqueue_refuses_a_single_file_that_is_no_scan(site: Site) -> None:
     assert ioc.caget("QueueLength") == before
 
 
+def test_a_glob_queues_scans_only_and_message_says_what_it_did(tmp_path: Path) -> None:
+    """dir/* matched notes and truth.json too; a name that is not UTF-8 was counted as "already queued"; and
+    Message, read right after caput -c returned, still showed the previous put's text."""
+    data = tmp_path / "data"
+    data.mkdir()
+    simulate_series(data, SimConfig(seed=3, **SMALL), 1, name="g")          # g_0001.h5 and truth.json
+    (data / "notes.txt").write_text("beam dump at 10:40\n")
+    shutil.copy(data / "g_0001.h5", os.fsdecode(os.fsencode(data) + b"/\xff\xfe_0002.h5"))
+    ioc = IOC(tmp_path, data).start()
+    try:
+        put(ioc, "Pause", "1")
+        put(ioc, "Enqueue", f"{data}/*", string=True)
+        msg = ioc.caget("Message")     # no wait: on Message when the put was acknowledged
+        assert msg.startswith(f"queued 1 of 2 file(s) from {data}/*; 1 not queued: the name is not valid UTF-8 "
+                              "(rename it): "), msg
+        assert ioc.caget("QueueLength") == "1" and ioc.caget("Row01:File") == "g_0001.h5"
+        put(ioc, "Enqueue", str(data), string=True)
+        assert utf8(ioc.caget("Message")) == (f"queued 0 of 2 file(s) from {data}; 1 already queued; 1 not queued: "
+                                              f"the name is not valid UTF-8 (rename it): {data}/\ufffd\ufffd_0002.h5")
+        refused(ioc, "Enqueue", f"{data}/*.t*", "no scan files (.h5, .hdf5, .hdf, .nxs) match", string=True)
+        assert ioc.caget("QueueLength") == "1"
+        # a valid UTF-8 name outside latin-1: written, shown and selected whole (caproto's latin-1 read failed)
+        utf = data / "サンプル_0003.h5"
+        shutil.copy(data / "g_0001.h5", utf)
+        put(ioc, "Enqueue", str(utf), string=True)
+        assert utf8(ioc.caget("Message")) == f"queued 1 of 1 file(s) from {utf}"
+        assert utf8(ioc.caget("Row02:File")) == utf.name and ioc.caget("Row02:Series") == "????"
+        put(ioc, "SelectFile", utf.name, string=True)
+        assert ioc.wait_for("Selected:Status", lambda v: v == "queued", timeout=10)
+        assert str(utf) in ioc.pva_get("Queue").value["file"]
+        # bytes that are not UTF-8 (a latin-1 client): refused with one line, not a traceback
+        refused(ioc, "Enqueue", os.fsdecode(os.fsencode(data) + b"/\xe9t\xe9.h5"), "not UTF-8 text", string=True)
+        assert "Traceback" not in ioc.log_path.read_text(errors="replace")
+    finally:
+        ioc.kill()
+
+
 def test_gpus_is_refused_at_once_without_cuda(site: Site) -> None:
     ioc, _, _ = site
     t0 = time.monotonic()
@@ -228,7 +273,7 @@ def test_conversion_refusals_are_explained(site: Site) -> None:
 
 
 def test_workers_run_below_the_ioc_priority(site: Site) -> None:
-    """serve --worker-nice (default 10): jobs never starve the IOC's answers of CPU."""
+    """serve --worker-nice 10, --nice -5, --rt-priority 1 (defaults): jobs never starve the IOC's answers of CPU."""
     ioc, _, _ = site
     children = []
     for d in Path("/proc").iterdir():
@@ -242,5 +287,19 @@ def test_workers_run_below_the_ioc_priority(site: Site) -> None:
     # the slot workers (multiprocessing's spawn_main), not its resource tracker
     workers = [pid for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
     assert workers, children
-    assert os.getpriority(os.PRIO_PROCESS, ioc.proc.pid) == 0
+    # serve --rt-priority 1 --nice -5 (defaults) where the host allows it (root here on CI), else unchanged
+    raised = ("IOC runs at SCHED_RR 1 for its Python threads, niceness -5"
+              in ioc.log_path.read_text(errors="replace"))
+    if os.environ.get("CI") and os.geteuid() == 0:
+        assert raised, ioc.log()
+    ioc.caput("MaxCorDelta", "7")     # the put thread starts with the first put
+    threads = [int(t.name) for t in Path(f"/proc/{ioc.proc.pid}/task").iterdir()]
+    realtime = [t for t in threads if os.sched_getscheduler(t) & ~os.SCHED_RESET_ON_FORK == os.SCHED_RR]
+    if raised:
+        assert ioc.proc.pid in realtime and len(realtime) >= 3, realtime      # the loop, put and status threads
+        assert all(os.sched_getparam(t).sched_priority == 1 for t in realtime)
+    else:
+        assert not realtime
+    # the workers: ordinary tasks at niceness 10 (absolute, not relative to the IOC's)
+    assert all(os.sched_getscheduler(pid) == os.SCHED_OTHER for pid in workers)
     assert all(os.getpriority(os.PRIO_PROCESS, pid) == 10 for pid in workers)

@@ -61,15 +61,21 @@ def test_bad_file_fails_alone(series, tmp_path):
     bad = tmp_path / "broken.h5"
     bad.write_text("not hdf5")
     missing = tmp_path / "missing.h5"
-    p = run_cli("run", d / truth[0]["file"], bad, missing, "--json", "--backend", "torch",
+    dark_flat = tmp_path / "dark_flat.h5"      # a flat taken with the shutter closed: no COR to find
+    simulate_scan(dark_flat, SimConfig(**SMALL))
+    with h5py.File(dark_flat, "r+") as h5:
+        h5["/exchange/data_white"][...] = 0
+    p = run_cli("run", d / truth[0]["file"], bad, missing, dark_flat, "--json", "--backend", "torch",
                 "--phases", "try,infer", *FAST)
     assert p.returncode == 1
     done = [json.loads(x) for x in p.stdout.splitlines()]    # in the order the files finished
-    order = [str(d / truth[0]["file"]), str(bad), str(missing)]
+    order = [str(d / truth[0]["file"]), str(bad), str(missing), str(dark_flat)]
     assert sorted(r["file"] for r in done) == sorted(order)
     recs = sorted(done, key=lambda r: order.index(r["file"]))
-    assert [r["status"] for r in recs] == ["ok", "failed", "failed"]
+    assert [r["status"] for r in recs] == ["ok", "failed", "failed", "failed"]
     assert "not an HDF5 file" in recs[1]["error"] and "no such file" in recs[2]["error"]
+    assert "data_white is not brighter than data_dark" in recs[3]["error"] and recs[3]["cor"] is None
+    assert not (layout.try_dir(dark_flat) / layout.COR_FILE).exists()
     assert all("\n" not in (r["error"] or "") for r in recs)
 
 
@@ -96,6 +102,19 @@ def test_infer_without_try_slices_is_a_clear_error(tmp_path):
     p = run_cli("run", d / "x_0001.h5", "--phases", "infer", "--json", "--backend", "torch")
     rec = json.loads(p.stdout)
     assert p.returncode == 1 and "no try slices" in rec["error"] and "run the try phase" in rec["error"]
+
+
+def test_an_unreadable_try_slice_is_a_clear_error(tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    simulate_scan(d / "x_0001.h5", SimConfig(**SMALL))
+    run_cli("run", d / "x_0001.h5", "--phases", "try", "--backend", "torch", *FAST, check=True)
+    broken = layout.list_try_slices(layout.try_dir(d / "x_0001.h5"))[3].path
+    broken.write_bytes(b"\x00" * 64)        # a slice cut short (a full disk, a copy interrupted)
+    p = run_cli("run", d / "x_0001.h5", "--phases", "infer", "--json", "--backend", "torch")
+    rec = json.loads(p.stdout)
+    assert p.returncode == 1 and rec["error"].startswith(f"infer: cannot read try slice {broken.name} (")
+    assert rec["error"].endswith("); run the try phase again") and "Error:" not in rec["error"]
 
 
 def test_bad_arguments_exit_2(series):

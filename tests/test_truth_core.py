@@ -164,8 +164,8 @@ def test_a_mixed_series_with_plans_is_not_judged_by_its_median() -> None:
     assert [s.file for s in undersized_scans(plain)] == ["/d/b_03.h5"]
 
 
-def _sim(folder: Path, name: str, nproj: int, aborted: bool = False) -> Path:
-    cfg = SimConfig(ncols=64, nrows=4, nproj=nproj, noise=20000, phantom="beads", aborted=aborted)
+def _sim(folder: Path, name: str, nproj: int, aborted: bool = False, ncols: int = 64) -> Path:
+    cfg = SimConfig(ncols=ncols, nrows=4, nproj=nproj, noise=20000, phantom="beads", aborted=aborted)
     simulate_scan(folder / name, cfg)
     return folder / name
 
@@ -198,7 +198,9 @@ def test_run_processes_a_mixed_series_and_reports_a_skip(tmp_path: Path) -> None
 
 def test_run_prints_each_file_as_it_finishes(tmp_path: Path) -> None:
     first = _sim(tmp_path, "f_0001.h5", 45)
-    second = _sim(tmp_path, "g_0001.h5", 361)     # a bigger scan: its try takes longer
+    # a much bigger scan: its try and infer take seconds after the first file's line (about 3 s on an
+    # idle 2-core machine; 0.3 s with 361 x 64 was too short a margin for a loaded CI runner)
+    second = _sim(tmp_path, "g_0001.h5", 721, ncols=128)
     with subprocess.Popen([sys.executable, "-m", "tomocorioc", "run", str(first), str(second), "--phases",
                            "try,infer", "--json", "--search-width", "8", "--search-step", "0.25"],
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
@@ -213,3 +215,14 @@ def test_run_prints_each_file_as_it_finishes(tmp_path: Path) -> None:
         finally:
             proc.kill()
     assert json.loads(rest.splitlines()[0])["file"] == str(second)
+
+
+def test_run_reports_a_name_that_is_not_utf8_as_failed(tmp_path: Path) -> None:
+    """It was left out with a log line only, and run exited 0 as if every file had been done."""
+    good = _sim(tmp_path, "u_0001.h5", 45)
+    os.link(good, os.fsencode(tmp_path) + b"/\xff_0002.h5")
+    p = run_cli("run", tmp_path, "--phases", "try", "--json", "--search-width", "2", "--search-step", "1")
+    recs = [json.loads(line) for line in p.stdout.splitlines()]
+    assert p.returncode == 1, p.stderr
+    assert [(r["file"], r["status"]) for r in recs] == [(f"{tmp_path}/\ufffd_0002.h5", "failed"), (str(good), "ok")]
+    assert recs[0]["error"] == "the name is not valid UTF-8 (rename it); not queued"

@@ -199,11 +199,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not files:
         print("tomocorioc run: no input files", file=sys.stderr)
         return 2
-    service = Service(args.state, slots, {"backend": args.backend, "tomocupy": args.tomocupy,
-                                          "device": args.device}, settings, cluster=args.cluster,
-                      path_map=args.path_map)
+    try:
+        service = Service(args.state, slots, {"backend": args.backend, "tomocupy": args.tomocupy,
+                                              "device": args.device}, settings, cluster=args.cluster,
+                          path_map=args.path_map)
+    except OSError as exc:   # StoreError: a --state that cannot be made, or a corrupt database in it
+        print(f"tomocorioc run: {exc}", file=sys.stderr)
+        return 2
     want = {p: (p in phases) for p in PHASES}
-    new = set(service.enqueue([str(f) for f in files], want, auto_skip=not args.no_auto_skip))
+    names, unstorable = layout.split_utf8_names([str(f) for f in files])
+    for shown in unstorable:     # never queued: reported as failed (exit 1), the other files run
+        _print_report(_failed_report(shown, "the name is not valid UTF-8 (rename it); not queued"), args.json)
+    new = set(service.enqueue(names, want, auto_skip=not args.no_auto_skip))
     # Files already in a --state queue keep their rows (and their finished phases).
     ids = [rid for rid in (service.queue.find(str(f.resolve())) for f in files) if rid is not None]
     for rid in ids:
@@ -243,7 +250,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         progress.close()
         service.stop()
     report_finished(final=True)
-    return 0 if ok else 1
+    return 0 if ok and not unstorable else 1
 
 
 def _finished(row: Row) -> bool:
@@ -286,6 +293,12 @@ def row_report(row: Row) -> Dict[str, Any]:
             "phases": {p: s.value for p, s in asked.items()},
             "seconds": dict(row.timings),
             "notes": list(row.notes)}
+
+
+def _failed_report(file: str, error: str) -> Dict[str, Any]:
+    """The JSON object of a file that never became a queue row."""
+    return {"file": file, "status": "failed", "cor": None, "cor_source": None, "confidence": None, "error": error,
+            "needs_review": False, "estimate": None, "geometry": None, "phases": {}, "seconds": {}, "notes": []}
 
 
 def _print_report(rec: Dict[str, Any], as_json: bool) -> None:

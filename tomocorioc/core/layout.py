@@ -130,3 +130,21 @@ def read_cor_file(folder: Path) -> float:
     if not lines:
         raise ValueError(f"{path} is empty")
     return float(lines[-1])
+
+
+def split_utf8_names(paths: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """(paths whose names encode as UTF-8, the others shown with their bad bytes replaced).
+
+    A name that is not UTF-8 (``os.fsdecode`` gives it surrogates) cannot be
+    stored, shown on a PV or handed to a worker safely: callers leave it out
+    and say so with the shown form.
+    """
+    good: List[str] = []
+    bad: List[str] = []
+    for p in paths:
+        try:
+            p.encode("utf-8")
+            good.append(p)
+        except UnicodeEncodeError:
+            bad.append(p.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+    return good, bad

@@ -547,13 +547,21 @@ class JobQueue:
         w.results[phase] = result
         return events
 
-    def worker_lost(self, row_id: int, phase: str, msg: str) -> bool:
-        """A worker died or timed out on this job: requeue it (retries left) or fail it. True if requeued."""
+    def worker_lost(self, row_id: int, phase: str, msg: str, counted: bool = True) -> bool:
+        """A worker died or timed out on this job: requeue it (retries left) or fail it. True if requeued.
+
+        ``counted=False``: the job never reached a worker (it died as the job was sent), so it is
+        queued again without using a retry.
+        """
         with self._lock:
             r = self._by_id.get(row_id)
             if r is None or r.state[phase] is not PhaseState.RUNNING:
                 return False
             w = r.copy()
+            if not counted:
+                transition(w, phase, PhaseState.QUEUED, msg)
+                self._commit([w])
+                return True
             w.attempts += 1
             if w.attempts <= self.max_retries:
                 transition(w, phase, PhaseState.QUEUED, f"{msg}; retry {w.attempts}/{self.max_retries}")

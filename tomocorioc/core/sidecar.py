@@ -17,6 +17,8 @@ from tomocorioc.core.params import RETIRED_FILTERS, ParamError, ReconParams
 log = logging.getLogger(__name__)
 
 SUFFIX = ".tomocor.json"
+# A sidecar that cannot be used is set aside as a whole (one bad key would make the rest a guess).
+IGNORED = "the whole sidecar is ignored (global parameters used)"
 
 
 class SidecarError(ValueError):
@@ -37,9 +39,9 @@ def read_overrides(projection_file: str | Path) -> Dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise SidecarError(f"{path}: unreadable sidecar ({str(exc).splitlines()[0]}); ignored") from None
+        raise SidecarError(f"{path}: unreadable sidecar ({str(exc).splitlines()[0]}); {IGNORED}") from None
     if not isinstance(data, dict):
-        raise SidecarError(f"{path}: sidecar must hold a JSON object; ignored")
+        raise SidecarError(f"{path}: sidecar must hold a JSON object; {IGNORED}")
     data = data.get("params", data)
     old = data.get("fbp_filter") if isinstance(data, dict) else None
     if isinstance(old, str) and old in RETIRED_FILTERS:
@@ -50,16 +52,15 @@ def read_overrides(projection_file: str | Path) -> Dict[str, Any]:
     try:
         ReconParams.from_dict({**ReconParams().to_dict(), **data})
     except (ParamError, TypeError) as exc:
-        raise SidecarError(f"{path}: {exc}; ignored") from None
+        raise SidecarError(f"{path}: {exc}; {IGNORED}") from None
     return data
 
 
 def resolve(projection_file: str | Path, defaults: ReconParams) -> Tuple[ReconParams, Optional[str]]:
-    """Global defaults overlaid with the sidecar; (params, warning or None)."""
+    """Global defaults overlaid with the sidecar; (params, warning or None: the caller reports it)."""
     try:
         over = read_overrides(projection_file)
     except SidecarError as exc:
-        log.warning("%s", exc)
         return defaults, str(exc)
     return ReconParams.from_dict({**defaults.to_dict(), **over}), None
 

@@ -21,6 +21,7 @@ import numpy as np
 from tomocorioc.core.geometry import theta_in_degrees
 from tomocorioc.data.errors import (
     EmptyDataError,
+    FlatFieldError,
     MissingDatasetError,
     NonFiniteError,
     NotAFileError,
@@ -208,6 +209,13 @@ class DXFile:
             if not np.all(np.isfinite(arr)):
                 bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
                 raise NonFiniteError(f"{self.path}: /exchange/{name} has {bad} NaN/Inf values in rows {r0}..{r1}")
+        if self.flats is not None and self.darks is not None:
+            # A flat taken with the shutter closed (or a zeroed dataset) normalises to a clamped constant:
+            # the slices still "reconstruct" and the job looked done with a plausible COR.
+            gain = float(np.median(flat - dark))
+            if not gain > 0:
+                raise FlatFieldError(f"{self.path}: /exchange/data_white is not brighter than data_dark in rows "
+                                     f"{r0}..{r1} (median white - dark = {gain:g}): no usable flat field")
         if binning:
             proj, flat, dark = (_bin_last2(a, binning) for a in (proj, flat, dark))
         return RowBlock(r0, r1, proj, flat, dark)

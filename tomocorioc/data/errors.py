@@ -61,5 +61,11 @@ class NonFiniteError(DatasetError):
     kind = "non-finite"
 
 
+class FlatFieldError(DatasetError):
+    """The flat field is not brighter than the dark field: nothing to normalise by."""
+
+    kind = "flat-field"
+
+
 class ReconError(RuntimeError):
     """A reconstruction ran (or was looked for) but its outputs are not what they should be."""

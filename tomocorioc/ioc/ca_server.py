@@ -13,151 +13,37 @@ import json
 import logging
 import math
 import os
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Iterable, Optional, Set
 
-from caproto import AlarmSeverity, AlarmStatus, ChannelType, HostNameRequest
-from caproto.asyncio.server import Context, VirtualCircuit
+from caproto import AlarmSeverity, AlarmStatus, ChannelType
 from caproto.server import PVGroup, SubGroup, pvproperty
 from caproto.server.autosave import AutosaveHelper, RotatingFileManager, autosaved
 
+from tomocorioc.ioc.ca_robust import RobustContext
 from tomocorioc.ioc.controller import Controller, PutError, Watchdog
 from tomocorioc.ioc.convert import one_line
-from tomocorioc.ioc.pvdefs import LONG_STRING, ROW_SEVERITY, Kind, PVDef, Role, optional_number, pv_table
+from tomocorioc.ioc.pvdefs import (
+    LONG_STRING,
+    ROW_SEVERITY,
+    Kind,
+    PVDef,
+    Role,
+    fit_long,
+    optional_number,
+    pv_table,
+    short,
+)
 
 log = logging.getLogger(__name__)
 
 STATUS_PERIOD = 0.5      # s between full status snapshots (elapsed times, trigger status)
 CHANGE_POLL = 0.02       # s between looks at the queue's change counter
 WATCHDOG_START = 4       # counts 4..0 once a second: Stopped 4-5 s after the last heartbeat
-
-
-class RobustCircuit(VirtualCircuit):
-    """caproto's asyncio circuit, disconnecting once.
-
-    When many clients vanish together the disconnect runs from the command
-    loop and from the subscription task itself; the stock code then awaited
-    the cancellation of the very task it ran in ('await wasn't used with
-    future').  The first caller takes the task; a task never awaits itself.
-
-    With ``serve --acf-check-ip`` the client's host name, for access security,
-    is its address, not the name it reports (EPICS' asCheckClientIP).
-    """
-
-    async def _process_command(self, command: Any) -> Any:
-        if getattr(self.context, "host_by_address", False):
-            self.client_hostname = self.circuit.address[0]
-            if isinstance(command, HostNameRequest):
-                return []
-        return await super()._process_command(command)
-
-    async def _on_disconnect(self) -> None:
-        task, self._sub_task = self._sub_task, None
-        await super(VirtualCircuit, self)._on_disconnect()   # the protocol-level clean-up
-        self.client.close()
-        if task is None:
-            return
-        if task is asyncio.current_task():
-            task.cancel()
-        else:
-            await self.tasks.cancel(task)
-
-
-class RobustContext(Context):
-    """caproto's asyncio Context with three fixes measured on caproto 1.3.0.
-
-    * Monitor fan-out iterated the live per-PV subscription deque while
-      awaiting each send; a client disconnecting meanwhile removed entries and
-      the loop died with 'deque mutated during iteration', silencing every
-      monitor.  We iterate over a copy and skip subscriptions of closed circuits.
-    * Accepted TCP sockets kept Nagle's algorithm: a put-callback response
-      queued behind a monitor update waited for the client's delayed ACK
-      (~40 ms).  TCP_NODELAY is set on every accepted socket.
-    * Beacons follow EPICS_CAS_BEACON_ADDR_LIST (set by ``serve`` to the
-      served interfaces), never the auto broadcast list.
-    * A client that stops reading (stopped process, full socket) filled its
-      circuit's update queue, and the fan-out then waited on that queue:
-      every monitor of every client froze, for ever if the client died.  We
-      drop that client's oldest queued update instead (caproto already
-      prefers new news to old), so one bad client costs only itself.
-    * Beacons go to EPICS_CAS_BEACON_PORT, which EPICS base defaults to
-      EPICS_CA_REPEATER_PORT; caproto defaulted it to 5065 whatever the
-      repeater port.  A beacon that cannot be sent (no repeater listening on
-      a unicast address answers 'connection refused') is logged once per
-      address as one line, not as a traceback every other beacon.
-    """
-
-    CircuitClass = RobustCircuit
-
-    def __init__(self, pvdb: Dict[str, Any], interfaces: Optional[Any] = None) -> None:
-        # caproto reads the beacon port from the environment when it opens its sockets
-        repeater = os.environ.get("EPICS_CA_REPEATER_PORT")
-        if repeater and "EPICS_CAS_BEACON_PORT" not in os.environ:
-            os.environ["EPICS_CAS_BEACON_PORT"] = repeater
-        super().__init__(pvdb, interfaces)
-
-    async def broadcast_beacon_loop(self) -> None:
-        import caproto as ca
-        period, max_period = 0.02, float(self.environ["EPICS_CAS_BEACON_PERIOD"])   # CA spec: 20 ms, x2 back-off
-        warned = set()
-        while True:
-            for address, (interface, sock) in self.beacon_socks.items():
-                try:
-                    await sock.send(self.broadcaster.send(ca.Beacon(13, self.port, self.beacon_count, interface)))
-                except OSError as exc:   # CaprotoNetworkError is an OSError
-                    # A UDP send learns of an earlier ICMP 'port unreachable' only now, and the next
-                    # send succeeds again whether anyone listens or not: one line per address is all
-                    # the log can honestly say.
-                    (log.debug if address in warned else log.warning)(
-                        "CA beacons to %s:%s not delivered (%s): is a caRepeater running?",
-                        address[0], address[1], exc.__cause__ or exc)
-                    warned.add(address)
-            self.beacon_count += 1
-            period = min(max_period, period * 2)
-            await asyncio.sleep(period)
-
-    async def _subscription_queue_send(self, sub_spec, sub, metadata, values, flags):
-        circuit = sub.circuit
-        if not getattr(circuit, "connected", True):
-            return
-        queue = getattr(circuit, "subscription_queue", None)
-        if queue is not None and queue.full():
-            try:
-                queue.get_nowait()
-            except asyncio.QueueEmpty:
-                pass
-        await super()._subscription_queue_send(sub_spec, sub, metadata=metadata, values=values, flags=flags)
-
-    async def _subscription_queue_iteration(self, sub_specs, metadata, values, flags, sub):
-        if sub is None:
-            for sub_spec in sub_specs:
-                for each in list(self.subscriptions.get(sub_spec, ())):
-                    circuit = getattr(each, "circuit", None)
-                    if circuit is not None and not getattr(circuit, "connected", True):
-                        continue
-                    await self._subscription_queue_send(sub_spec, each, metadata=metadata, values=values,
-                                                        flags=flags)
-            return
-        await super()._subscription_queue_iteration(sub_specs, metadata, values, flags, sub)
-
-    async def server_accept_loop(self, sock):
-        from caproto.asyncio.server import _TransportWrapper
-
-        def _new_client(reader, writer):
-            raw = writer.get_extra_info("socket")
-            if raw is not None:
-                try:
-                    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                except OSError as exc:  # not TCP (should not happen): keep serving
-                    log.debug("TCP_NODELAY not set: %s", exc)
-            transport = _TransportWrapper(reader, writer)
-            self.server_tasks.create(self.tcp_handler(transport, transport.getpeername()))
-
-        await asyncio.start_server(_new_client, sock=sock)
+GENERATION_KEY = "_settings_generation"   # in the autosave file: the state store's settings generation it holds
 
 
 class _QuietRejections(logging.Filter):
@@ -197,8 +83,10 @@ def _prop(p: PVDef) -> pvproperty:
     elif k in (Kind.STRINGIN, Kind.STRINGOUT):
         kw.update(dtype=ChannelType.STRING, value=str(p.default or ""))
     else:  # long strings: char arrays, read/written whole with caget -S / caput -S or PV.$
+        # UTF-8 both ways: a file name like "サンプル_0001.h5" (or Message's U+FFFD for a name that is not
+        # UTF-8) made caproto's latin-1 read fail, and CA clients abort on that ("Internal Failure").
         kw.update(dtype=ChannelType.CHAR, max_length=LONG_STRING, report_as_string=False,
-                  value=str(p.default or ""))
+                  value=str(p.default or ""), string_encoding="utf-8")
     return pvproperty(**kw)
 
 
@@ -212,13 +100,47 @@ class SettingsAutosave(AutosaveHelper):
 
     _restored = False
 
-    async def restore_from_file(self, filename: Any) -> None:
-        """Restore once: ``serve`` restores before it starts dispatching, so caproto's start-up hook does not
-        restore again over the command line's values."""
+    command_line: Set[str] = frozenset()   # PVs (names without prefix) serve's options set: not restored
+
+    async def restore_from_file(self, filename: Any, command_line: Iterable[str] = ()) -> None:
+        """Restore once, unless the file is older than the state store's settings; ``command_line``: the PVs
+        serve's options set on top (not restored).
+
+        ``serve`` restores before it starts dispatching, so caproto's start-up
+        hook does not restore again over the command line's values.  The file
+        follows each settings change a moment after the put is acknowledged;
+        an IOC killed in that moment leaves a file of an earlier generation,
+        and the store (committed before the ack) then keeps its newer values.
+        A file without a generation (hand-made, older versions) is restored.
+        """
         if self._restored:
             return
         self._restored = True
-        await super().restore_from_file(filename)
+        self.command_line = set(command_line)
+        path = Path(filename)
+        if not path.exists():
+            log.warning("autosave file does not exist: %s", path)
+            return
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            log.error("autosave: %s cannot be read (%s); the state store's settings stay", path, one_line(exc))
+            return
+        if not isinstance(data, dict):
+            log.error("autosave: %s is not a JSON object; the state store's settings stay", path)
+            return
+        generation = data.pop(GENERATION_KEY, None)
+        stored = self.parent.controller.service.loaded_generation
+        if isinstance(generation, int) and not isinstance(generation, bool) and generation < stored:
+            log.warning("autosave: %s holds settings generation %d, the state store %d (the IOC stopped before "
+                        "the file caught up): the store's settings stay", path, generation, stored)
+            return
+        await self.restore_values(data)
+
+    async def save(self, data: Any = None) -> None:
+        """caproto's periodic save: the file (with its generation) is written by the group's autosave thread,
+        the old one kept as a dated backup."""
+        self.parent.autosave_soon(rotate=True)
 
     async def restore_values(self, data: Dict[str, Any]) -> None:
         group = self.parent
@@ -227,6 +149,10 @@ class SettingsAutosave(AutosaveHelper):
             p = group.defs.get(pvname[len(group.prefix):]) if pvname.startswith(group.prefix) else None
             if p is None or not p.autosave:
                 log.warning("autosave: %s is not a setting of this IOC; not restored", pvname)
+                continue
+            if p.name in self.command_line:
+                # serve's option wins; restoring first only said "refused" on a host without GPUs
+                log.info("autosave: %s not restored: the command line sets it", pvname)
                 continue
             keep[pvname] = info
         await super().restore_values(keep)
@@ -238,26 +164,34 @@ class _Base(PVGroup):
     autosave_helper = SubGroup(SettingsAutosave)
 
     def __init__(self, *args: Any, controller: Controller, autosave_file: Optional[Path] = None,
-                 **kwargs: Any) -> None:
+                 thread_init: Optional[Callable[[], None]] = None, **kwargs: Any) -> None:
         self.controller = controller
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ioc-put")
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ioc-put", initializer=thread_init)
         # Puts whose check takes seconds (a checkpoint loaded in a worker-side process) wait on their own
         # thread, so every other put is still answered at once.
         self.slow_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ioc-slow-put")
-        self._autosave_lock = threading.Lock()
+        self._autosave_lock = threading.Lock()     # one writer of the file at a time
+        self._autosave_wanted = threading.Condition()
+        self._autosave_pending: Optional[bool] = None   # None: nothing to write; else rotate the old file first
+        self._autosave_closing = False
+        self._autosave_thread: Optional[threading.Thread] = None
+        self._thread_init = thread_init
         # Status snapshots and the PVA table rebuild run on their own thread: a put never waits behind them.
-        self.status_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ioc-status")
+        self.status_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ioc-status",
+                                                  initializer=thread_init)
         self.defs = {p.name: p for p in pv_table()}
         self._props: Dict[str, Any] = {}
         self._last: Dict[str, Any] = {}
         self._autosave_error = ""
         self._watchdog = Watchdog(WATCHDOG_START)
+        self._refresh_wanted = False   # a setting changed: the status loop publishes at its next look
         super().__init__(*args, **kwargs)
         for p in self.defs.values():
             self._props[p.name] = getattr(self, _attr(p.name))
             if p.kind.writable:
                 self._guard_conversion(p, self._props[p.name])
         helper = self.autosave_helper
+        self._autosaves = autosave_file is not None   # a group built without a file (in-process tests) saves none
         if autosave_file is not None:
             autosave_file.parent.mkdir(parents=True, exist_ok=True)
             helper.file_manager = RotatingFileManager(str(autosave_file))
@@ -284,7 +218,11 @@ class _Base(PVGroup):
             except PutError:
                 raise
             except (ValueError, TypeError, OverflowError) as exc:
-                if p.kind in (Kind.LSI, Kind.LSO):
+                bad_text = exc if isinstance(exc, UnicodeDecodeError) else exc.__cause__   # caproto wraps it
+                if isinstance(bad_text, UnicodeDecodeError):
+                    why = (f"not UTF-8 text (byte {bad_text.object[bad_text.start:bad_text.start + 1]!r} at "
+                           f"{bad_text.start})")
+                elif p.kind in (Kind.LSI, Kind.LSO):
                     why = "a long string PV: write it with caput -S (or PV.$)"
                 else:
                     why = f"not a valid value for this {p.kind.value} record ({one_line(exc)})"
@@ -307,36 +245,97 @@ class _Base(PVGroup):
             raise
         if p.kind.is_enum:
             result = p.enums[int(result)]
-        # Selection and page changes alter many readbacks: publish at once, not at the next tick.
-        loop.call_soon(lambda: asyncio.ensure_future(self.refresh()))
+        # What the put said ("queued 3 of 4 file(s) ...") is on Message before the ack: a script that
+        # reads Message right after caput -c read the previous put's text.
+        await self._publish({"Message": self.controller.last_message})
+        if p.role is Role.SETTING:
+            # What a setting changes elsewhere (a message, the trigger's link) goes out at the status loop's
+            # next look (CHANGE_POLL): a snapshot now took the GIL just as the loop was sending this ack.
+            self._refresh_wanted = True
+        else:   # selection, page and queue changes alter many readbacks: publish at once
+            loop.call_soon(lambda: asyncio.ensure_future(self.refresh()))
         return result
 
     def _apply(self, name: str, value: Any) -> Any:
-        """Controller put, then (for a setting) the autosave file, before the put is acknowledged: a SIGKILL
-        right after an acknowledged put still finds it at restart."""
+        """Controller put; a setting is in the state store when this returns (a SIGKILL right after the
+        ack still finds it at restart), and the autosave file follows on its own thread."""
         result = self.controller.put(name, value)
         if self.defs[name].role is Role.SETTING:
-            self.write_autosave()
+            self.autosave_soon()
         return result
 
-    def write_autosave(self) -> None:
-        """Write every setting, as the controller holds it, to the autosave file (atomically: temp + rename)."""
+    # -- autosave ------------------------------------------------------------------
+    def autosave_soon(self, rotate: bool = False) -> None:
+        """Have the autosave thread write the file (changes that come meanwhile are written together).
+
+        Not before the ack: the file's metadata steps waited for the ext4
+        journal (10-46 ms) while the workers wrote, and the put does not need
+        them; the state store, committed before the ack, is the durable copy.
+        """
+        with self._autosave_wanted:
+            if self._autosave_closing or not self._autosaves:
+                return
+            self._autosave_pending = bool(self._autosave_pending) or rotate
+            if self._autosave_thread is None:
+                self._autosave_thread = threading.Thread(target=self._autosave_loop, name="ioc-autosave",
+                                                         daemon=True)
+                self._autosave_thread.start()
+            self._autosave_wanted.notify()
+
+    def _autosave_loop(self) -> None:
+        if self._thread_init is not None:
+            self._thread_init()   # the IOC's priority: a low-priority thread holding the GIL stalls the puts
+        while True:
+            with self._autosave_wanted:
+                while self._autosave_pending is None and not self._autosave_closing:
+                    self._autosave_wanted.wait()
+                rotate, self._autosave_pending = self._autosave_pending, None
+            if rotate is None:
+                return   # closing, nothing left to write
+            try:
+                self.write_autosave(rotate=rotate)
+            except Exception as exc:  # noqa: BLE001 - a bug in one save must not stop the later ones
+                self._autosave_failed(f"autosave failed: {type(exc).__name__}: {exc}", exc)
+
+    def write_autosave(self, rotate: bool = False) -> None:
+        """Write every setting, with its generation, to the autosave file (``rotate``: keep the old one as a
+        dated backup, as caproto's hourly save does)."""
+        if not self._autosaves:
+            return
         path = Path(self.autosave_helper.filename)
-        data = {self.prefix + name: {"value": self.defs[name].enums[int(v)] if self.defs[name].kind.is_enum else v,
-                                     "fields": {}}
-                for name, v in self.controller.setting_values().items()}
+        generation, settings = self.controller.service.settings_record()
+        data: Dict[str, Any] = {GENERATION_KEY: generation}
+        data.update({self.prefix + name: {"value": self.defs[name].enums[int(v)] if self.defs[name].kind.is_enum
+                                          else v, "fields": {}}
+                     for name, v in self.controller.setting_values(settings).items()})
         tmp = path.with_name(path.name + ".tmp")
         try:
-            with self._autosave_lock:    # two put threads may save at once: one temp file at a time
+            with self._autosave_lock:    # the autosave thread and the exit save: one temp file at a time
                 tmp.write_text(json.dumps(data))
-                os.replace(tmp, path)
+                if rotate:   # the old file becomes a dated backup (caproto's file manager prunes them)
+                    self.autosave_helper.file_manager.rotate_in_file(tmp)
+                else:
+                    # Not os.replace: ext4 flushes a file renamed over another to the disk first
+                    # (auto_da_alloc).  A kill between the two steps leaves no file, and start-up then keeps
+                    # the state store's settings: the same values, committed before this.
+                    try:
+                        os.unlink(path)
+                    except FileNotFoundError:
+                        pass
+                    os.rename(tmp, path)
         except OSError as exc:   # a full or read-only disk: the settings are in the state store all the same
-            text = f"autosave failed: {exc.strerror or exc} ({path.parent})"
-            if text != self._autosave_error:
-                self.controller.message(text)
-                self._autosave_error = text
+            self._autosave_failed(f"autosave failed: {exc.strerror or exc} ({path.parent})")
             return
         self._autosave_error = ""
+
+    def _autosave_failed(self, text: str, bug: Optional[BaseException] = None) -> None:
+        """Say a failed save on Message once per distinct reason (a bug also to the log, with its traceback)."""
+        if text == self._autosave_error:
+            return
+        if bug is not None:
+            log.error("%s", text, exc_info=bug)
+        self.controller.message(text)
+        self._autosave_error = text
 
     @property
     def pv_instances(self) -> Dict[str, Any]:
@@ -348,7 +347,13 @@ class _Base(PVGroup):
         asyncio.ensure_future(self._publish(values))
 
     def close(self, wait: bool = False) -> None:
-        """Stop the put and status threads (after the server stopped)."""
+        """Stop the put, status and autosave threads (after the server stopped; a pending save is written)."""
+        with self._autosave_wanted:
+            self._autosave_closing = True
+            self._autosave_wanted.notify()
+            thread = self._autosave_thread
+        if thread is not None:
+            thread.join(timeout=10)
         self.executor.shutdown(wait=wait)
         self.slow_executor.shutdown(wait=wait)
         self.status_executor.shutdown(wait=wait)
@@ -371,6 +376,8 @@ class _Base(PVGroup):
                 out, status, severity = math.nan, AlarmStatus.UDF, AlarmSeverity.INVALID_ALARM
             else:
                 out = p.enums[int(value)] if p.kind.is_enum else value
+            if isinstance(out, str):   # what the PV's type can carry: 39 ASCII characters, or 4095 UTF-8 bytes
+                out = short(out) if p.kind in (Kind.STRINGIN, Kind.STRINGOUT) else fit_long(out)
             if p.kind is Kind.MBBI and name.endswith("Status"):
                 severity = AlarmSeverity(ROW_SEVERITY.get(p.enums[int(value)], 0))
                 status = AlarmStatus.STATE if severity else AlarmStatus.NO_ALARM
@@ -411,10 +418,11 @@ class _Base(PVGroup):
                 # Any queue change is published within CHANGE_POLL; elapsed times and the rest every STATUS_PERIOD.
                 mark = (svc.queue.uid, id(svc.last_started), len(svc.messages), svc.messages[-1:] and svc.messages[-1],
                         svc.store_problem)
-                if (mark != seen or now >= next_full) and (pending is None or pending.done()):
+                if ((mark != seen or now >= next_full or self._refresh_wanted)
+                        and (pending is None or pending.done())):
                     if pending is not None and pending.exception() is not None:
                         raise pending.exception()
-                    seen, next_full = mark, now + STATUS_PERIOD
+                    seen, next_full, self._refresh_wanted = mark, now + STATUS_PERIOD, False
                     pending = asyncio.ensure_future(self._update(pva))
             except asyncio.CancelledError:
                 raise
@@ -437,7 +445,8 @@ class _Base(PVGroup):
         await self._publish(self.controller.setting_values())
 
 
-def build_group(prefix: str, controller: Controller, autosave_file: Optional[Path]) -> _Base:
+def build_group(prefix: str, controller: Controller, autosave_file: Optional[Path],
+                thread_init: Optional[Callable[[], None]] = None) -> _Base:
     """The IOC's PVGroup instance: one pvproperty per PV definition, puts wired to the controller."""
     attrs: Dict[str, Any] = {}
     for p in pv_table():
@@ -448,7 +457,7 @@ def build_group(prefix: str, controller: Controller, autosave_file: Optional[Pat
             prop = autosaved(prop)
         attrs[_attr(p.name)] = prop
     cls = type("TomoCorGroup", (_Base,), attrs)
-    return cls(prefix=prefix, controller=controller, autosave_file=autosave_file)
+    return cls(prefix=prefix, controller=controller, autosave_file=autosave_file, thread_init=thread_init)
 
 
 async def _putter(group: _Base, instance: Any, value: Any) -> Any:

@@ -17,10 +17,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from tomocorioc.core import sidecar
+from tomocorioc.core import layout, sidecar
 from tomocorioc.core.jobs import Row, valid_cor
 from tomocorioc.core.params import RETIRED_FILTERS
 from tomocorioc.core.queue import QueueError
+from tomocorioc.core.settings import ServiceSettings
 from tomocorioc.core.spec import get_path
 from tomocorioc.core.tomolog_settings import check_beamline, check_cloud_service, check_presentation_url
 from tomocorioc.data.errors import DatasetError
@@ -143,9 +144,9 @@ class Controller:
         self.service.update_settings({p.setting: value})
         return p.conv.to_pv(p, value)
 
-    def setting_values(self) -> Dict[str, Any]:
-        """Current value of every setting PV, read through its binding."""
-        s = self.service.settings
+    def setting_values(self, settings: Optional[ServiceSettings] = None) -> Dict[str, Any]:
+        """Value of every setting PV, read through its binding (of the settings in force, or ``settings``)."""
+        s = self.service.settings if settings is None else settings
         return {p.name: p.conv.to_pv(p, get_path(s, p.setting)) for p in self.defs.values()
                 if p.role is Role.SETTING}
 
@@ -248,9 +249,14 @@ class Controller:
         if not path:
             raise PutError("Enqueue: empty path")
         paths = self.expand(path)
-        ids = self.service.enqueue(paths)
-        self.message(f"queued {len(ids)} of {len(paths)} file(s) from {path}"
-                     + ("" if len(ids) == len(paths) else " (the others were already queued)"))
+        good, bad = layout.split_utf8_names(paths)
+        ids = self.service.enqueue(good)
+        parts = [f"queued {len(ids)} of {len(paths)} file(s) from {path}"]
+        if len(good) > len(ids):
+            parts.append(f"{len(good) - len(ids)} already queued")
+        if bad:
+            parts.append(f"{len(bad)} not queued: the name is not valid UTF-8 (rename it): {bad[0]}")
+        self.message("; ".join(parts))
         return path
 
     def _cmd(self, action: Callable[[], str]) -> Handler:
@@ -356,9 +362,12 @@ class Controller:
                 raise PutError(f"Enqueue: glob must be an absolute path: {text}")
             self.under_roots(Path(text.split("*")[0].split("?")[0].split("[")[0] or "/"))
             hits = sorted(h for h in glob.glob(text) if os.path.isfile(h))
-            paths = [str(self.under_roots(Path(h))) for h in hits]
-            if not paths:
+            if not hits:
                 raise PutError(f"Enqueue: nothing matches {text}")
+            # like a folder, a glob queues only scan files (dir/* also matched truth.json, notes, logs...)
+            paths = [str(self.under_roots(Path(h))) for h in hits if Path(h).suffix.lower() in SCAN_SUFFIXES]
+            if not paths:
+                raise PutError(f"Enqueue: no scan files ({', '.join(SCAN_SUFFIXES)}) match {text}")
         else:
             if not os.path.isabs(text):
                 raise PutError(f"Enqueue: path must be absolute: {text}")
@@ -544,7 +553,8 @@ class Controller:
                f"{pre}:Series": short(r.series), f"{pre}:Enable": int(r.enabled)}
         if not full_path:
             out[f"{pre}:File"] = Path(r.path).name
-            out[f"{pre}:Error"] = short(r.error or r.skipped or "")
+            # the row names its file: "try: missing dataset ..." fits a stringin, "try: /data/.../x.h5: ..." did not
+            out[f"{pre}:Error"] = short((r.error or r.skipped or "").replace(f"{r.path}: ", ""))
         return out
 
 

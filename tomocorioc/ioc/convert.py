@@ -22,8 +22,10 @@ class PutError(ValueError):
 
 
 def one_line(msg: object) -> str:
-    """``msg`` as one line of at most 300 characters."""
-    return " ".join(str(msg).split())[:300]
+    """``msg`` as one line of at most 300 printable characters (a control character, from a put's bytes
+    or a file name, shown as ``?``)."""
+    line = " ".join(str(msg).split())[:300]
+    return line if line.isprintable() else "".join(ch if ch.isprintable() else "?" for ch in line)
 
 
 def _g(v: Optional[float]) -> str:

@@ -270,6 +270,13 @@ def short(text: str) -> str:
     return text if len(text) <= SHORT_STRING else text[:SHORT_STRING - 3] + "..."
 
 
+def fit_long(text: str) -> str:
+    """``text`` cut (at a character) so its UTF-8 bytes and the NUL fit a long-string PV; a lone surrogate
+    (a name ``os.fsdecode`` could not decode) becomes ``?``, which the PV's UTF-8 encoding would refuse."""
+    raw = text.encode("utf-8", "replace")
+    return raw[:LONG_STRING - 1].decode("utf-8", "ignore")
+
+
 def by_name() -> Dict[str, PVDef]:
     """The table keyed by name."""
     return {p.name: p for p in pv_table()}

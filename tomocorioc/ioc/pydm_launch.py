@@ -19,12 +19,44 @@ from typing import Any, Dict, List, Optional
 
 
 def install_shims() -> None:
-    """Register the missing ``pydm.widgets.absolute_geometry`` module (call before loading a screen)."""
+    """Register the missing ``pydm.widgets.absolute_geometry`` module and mend pydm's pyepics connection
+    race (call before loading a screen)."""
     from qtpy.QtWidgets import QWidget
     if "pydm.widgets.absolute_geometry" not in sys.modules:
         shim = types.ModuleType("pydm.widgets.absolute_geometry")
         shim.PyDMAbsoluteGeometry = type("PyDMAbsoluteGeometry", (QWidget,), {})  # type: ignore[attr-defined]
         sys.modules["pydm.widgets.absolute_geometry"] = shim
+    _mend_connection_race()
+
+
+def _mend_connection_race() -> None:
+    """A widget shown disconnected for good while its channel is connected.
+
+    pydm's pyepics ``Connection.add_listener`` (on a thread pool) checks
+    ``isConnected``, then sends that state to every listener; when the CA
+    connection callback (``conn=True``) falls between the check and the send,
+    the stale ``False`` is sent last and nothing sends ``True`` again (seen on
+    a loaded host: 4 of ~120 channels of a screen).  Sending the state again
+    when it changed meanwhile closes the window.
+    """
+    try:
+        import epics
+        from pydm.data_plugins.epics_plugins import pyepics_plugin_component as component
+    except ImportError:   # another pydm EPICS plugin, or none
+        return
+    conn_cls = component.Connection
+    if getattr(conn_cls, "_tomocorioc_mended", False):
+        return
+    original = conn_cls.add_listener
+
+    def add_listener(self: Any, channel: Any) -> None:
+        original(self, channel)
+        pv = getattr(self, "pv", None)
+        if pv is not None and epics.ca.isConnected(pv.chid) and not self.connected:
+            self.send_connection_state(conn=True)
+
+    conn_cls.add_listener = add_listener
+    conn_cls._tomocorioc_mended = True
 
 
 def medm_rules(display: Any) -> None:

@@ -154,9 +154,12 @@ class DispatcherBase:
         self._pending.append(("finish", row_id, phase, result))
         self._flush_pending()
 
-    def _requeue_or_fail(self, row_id: int, phase: str, msg: str) -> Optional[bool]:
-        """A worker died or timed out on a job: requeue or fail it (None: pending, the store refused)."""
-        self._pending.append(("lost", row_id, phase, msg))
+    def _requeue_or_fail(self, row_id: int, phase: str, msg: str, counted: bool = True) -> Optional[bool]:
+        """A worker died or timed out on a job: requeue or fail it (None: pending, the store refused).
+
+        ``counted=False``: the job never reached the worker; requeued without using a retry.
+        """
+        self._pending.append(("lost" if counted else "unsent", row_id, phase, msg))
         return self._flush_pending()
 
     def _flush_pending(self) -> Optional[bool]:
@@ -168,7 +171,7 @@ class DispatcherBase:
                 if kind == "finish":
                     self.queue.finish(row_id, phase, payload)
                 else:
-                    answer = self.queue.worker_lost(row_id, phase, payload)
+                    answer = self.queue.worker_lost(row_id, phase, payload, counted=kind == "lost")
             except OSError as exc:
                 self._report_store(exc)
                 return None

@@ -203,7 +203,16 @@ class LocalDispatcher(DispatcherBase):
                 return
             row_id, phase, job = taken
             job_id = job.job_id
-            s.conn.send(job)
+            try:
+                s.conn.send(job)
+            except OSError as exc:   # BrokenPipeError: the worker died after its "ready"
+                # The row is running now: give it back (no retry used) and restart the slot, or it stayed
+                # "running" with no worker (the pipe error escaped to the loop's guard).
+                why = f"worker gone before it took the job ({exc.strerror or exc})"
+                log.warning("slot %s: %s; %s %s queued again", s.spec.name, why, os.path.basename(job.path), phase)
+                self._requeue_or_fail(row_id, phase, why, counted=False)
+                self._restart(s, why)
+                continue
             now = time.monotonic()
             if s.freed_at is not None:
                 self.latencies.append(now - s.freed_at)

@@ -92,6 +92,10 @@ class ServiceAPI(Protocol):
     last_finished: Optional[Dict[str, Any]]
     finished_events: Deque[Dict[str, Any]]   # recent 'finished' events with a sequence number
     store_problem: Optional[str]              # why the state store refuses writes, until it accepts one
+    loaded_generation: int                    # settings generation the state store had at start-up
+
+    def settings_record(self) -> Tuple[int, ServiceSettings]:
+        """The settings in force and their generation, read together."""
 
     def notice(self, msg: str) -> None:
         """Record a one-line operator message."""

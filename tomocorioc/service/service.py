@@ -13,8 +13,8 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+from tomocorioc.core import layout, sidecar
 from tomocorioc.core import series as series_tools
-from tomocorioc.core import sidecar
 from tomocorioc.core.jobs import Row, cor_text
 from tomocorioc.core.params import ReconParams
 from tomocorioc.core.queue import JobQueue, QueueError
@@ -32,18 +32,6 @@ log = logging.getLogger(__name__)
 RUNNER = "tomocorioc.worker.runner:make_runner"
 # Builds a dispatcher from (queue, slots, factory, runner config, job builder, **callbacks); tests pass a fake.
 DispatcherFactory = Callable[..., Dispatcher]
-
-
-def _utf8_names(paths: List[str]) -> Tuple[List[str], List[str]]:
-    """(paths whose names encode as UTF-8, the others shown with their bad bytes replaced)."""
-    good, bad = [], []
-    for p in paths:
-        try:
-            p.encode("utf-8")
-            good.append(p)
-        except UnicodeEncodeError:
-            bad.append(p.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
-    return good, bad
 
 
 class Service:
@@ -81,7 +69,9 @@ class Service:
         self._slot_lock = threading.Lock()
         self._settings_lock = threading.Lock()
         self._slot_swap: Optional[threading.Thread] = None
-        self.store.set_setting("service", self.settings.to_dict())
+        # The settings generation the last run left (an autosave file older than this is not restored).
+        self.loaded_generation = self.store.settings_generation
+        self.settings_generation = self.store.set_setting("service", self.settings.to_dict())
 
     def _make_dispatcher(self, slots: Sequence[SlotSpec]) -> Dispatcher:
         """Local slots, or the GPU workers of a Dask cluster (``cluster`` address): same interface."""
@@ -136,7 +126,7 @@ class Service:
             self.store.save(rows, events, removed, fixed_series)
         except StoreError as exc:
             if self.store_problem != str(exc):
-                log.error("state store failing: %s", exc)
+                log.error("%s", exc)   # StoreError's text already says "state store failing: ..."
             self.store_problem = str(exc)
             raise
         if self.store_problem:
@@ -175,7 +165,7 @@ class Service:
         A file whose name is not valid UTF-8 cannot be stored, shown on a PV or
         passed on safely: it is left out with a notice (rename it), never queued.
         """
-        paths, bad = _utf8_names([str(p) for p in paths])
+        paths, bad = layout.split_utf8_names([str(p) for p in paths])
         if bad:
             self.notice(f"{len(bad)} file(s) not queued: the name is not valid UTF-8 (rename it): {bad[0]}")
         ids = self.queue.add(paths, phases if phases is not None else self.settings.phases)
@@ -306,13 +296,18 @@ class Service:
                 merged[key] = value
         with self._settings_lock:   # puts run on more than one thread: no change may overwrite another
             new = self.settings.changed(merged)
-            self.store.set_setting("service", new.to_dict())   # first durable, then visible
-            self.settings = new
+            generation = self.store.set_setting("service", new.to_dict())   # first durable, then visible
+            self.settings, self.settings_generation = new, generation
             self.queue.max_retries = new.max_retries
             self.queue.series_barrier, self.queue.auto_fix = new.series_barrier, new.auto_fix_outliers
             self.queue.hold_on_review = new.hold_full_on_review
             self.dispatcher.timeouts = dict(new.timeouts)
         self.dispatcher.wake()
+
+    def settings_record(self) -> Tuple[int, ServiceSettings]:
+        """The settings in force and their generation, read together (what the autosave file holds)."""
+        with self._settings_lock:
+            return self.settings_generation, self.settings
 
     def set_slots(self, slots: Sequence[SlotSpec], wait: bool = True) -> None:
         """Replace the worker slots (e.g. a new GPU list); refused while a job runs.

@@ -70,7 +70,8 @@ def lower_priority(nice: int) -> None:
     if nice <= 0:
         return
     try:
-        os.nice(nice)
+        # absolute, not relative: the IOC that spawned us may run at a raised priority (serve --nice)
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
     except OSError as exc:
         log.debug("nice %d refused: %s", nice, exc)
     try:

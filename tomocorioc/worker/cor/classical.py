@@ -18,6 +18,7 @@ import tifffile
 
 from tomocorioc.core import layout
 from tomocorioc.core.params import DEFAULT_METRIC, METRICS
+from tomocorioc.data.errors import ReconError
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,8 @@ def read_try_stack(folder: Path) -> Tuple[List[float], List[np.ndarray], int]:
         try:
             images.append(np.asarray(tifffile.imread(s.path)))
         except (OSError, ValueError) as exc:
-            raise ValueError(f"cannot read try slice {s.path.name}: {exc}") from None
+            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ReconError(f"cannot read try slice {s.path.name} ({why}); run the try phase again") from None
     return [s.center for s in slices], images, slices[0].row
 
 
