@@ -29,7 +29,7 @@ from tomocorioc.core.result import PhaseResult
 from tomocorioc.core.settings import ServiceSettings
 from tomocorioc.core.spec import get_path, spec_at
 from tomocorioc.ioc.ca_server import build_group
-from tomocorioc.ioc.controller import Controller
+from tomocorioc.ioc.controller import Controller, queue_table
 from tomocorioc.ioc.convert import Number, NumberText, PutError, Text
 from tomocorioc.ioc.pvdefs import PAGE_ROWS, ROW_STATUSES, PVDef, Role, by_name, pv_table
 from tomocorioc.service.local import slots_for
@@ -504,6 +504,14 @@ def case_accept_cor(ctl: Controller, svc: Service, data: Path, ids: List[int]) -
     d.finish(rid, "infer", PhaseResult(True, cor=50.5, cor_source="classical", confidence=0.1, needs_review=True))
     assert d.take() is None and svc.queue.row(rid).needs_review
     ctl.put("SelectFile", svc.queue.row(rid).path)
+    # a held row says so: status "review" (not "queued") and what the operator must do
+    snap, held = ctl.snapshot(), queue_table(svc.queue.rows(), {r.id for r in svc.queue.rows() if svc.queue.held(r)})
+    assert ROW_STATUSES[snap["Selected:Status"]] == "review" and "AcceptCor" in snap["Selected:Error"]
+    assert held["status"][-1] == "review" and "AcceptCor" in held["error"][-1]
+    assert ctl.put("ClearDone", 1) == 0 and svc.queue.find(svc.queue.row(rid).path) == rid   # full still to run
+    ctl.put("HoldFullOnReview", "No")   # released: the full is an ordinary queued job again
+    assert ROW_STATUSES[ctl.snapshot()["Selected:Status"]] == "queued" and not ctl.snapshot()["Selected:Error"]
+    ctl.put("HoldFullOnReview", "Yes")
     assert ctl.put("AcceptCor", 1) == 0
     row = svc.queue.row(rid)
     assert not row.needs_review and row.cor == 50.5 and row.cor_source == "classical"

@@ -167,6 +167,8 @@ def test_serve_refuses_a_missing_tomocupy_in_one_line(tmp_path):
     ("--prefix", "2bma.TomoCor:", "a PV prefix is letters, digits"),     # "." starts a field name
     ("--state", "/proc/tomocorioc-state", "cannot use it as the state directory (No such file or directory)"),
     ("--data-root", "/nonexistent-data", "data root is not a directory: /nonexistent-data"),
+    ("--interface", "eth0", "--interface 'eth0': not an IPv4 address"),
+    ("--interface", "198.51.100.254", "--interface 198.51.100.254: not an address of this host (it has "),
 ])
 def test_serve_refuses_bad_options_in_one_line(tmp_path, option, value, why):
     args = {"--prefix": "T0:", "--state": str(tmp_path / "s"), "--data-root": str(tmp_path), option: value}

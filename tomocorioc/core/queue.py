@@ -459,6 +459,19 @@ class JobQueue:
             return False   # until the operator accepts or corrects the COR, or Fix COR Outliers replaces it
         return True
 
+    def held(self, r: Row) -> bool:
+        """The row's full waits only for an operator: its COR needs review and fulls are held for it."""
+        return (self.hold_on_review and r.needs_review and r.enabled and not r.skipped
+                and r.state["full"] is PhaseState.QUEUED and r.running_phase is None
+                and all(r.state[p] in FINISHED_OK or r.state[p] is PhaseState.OFF for p in ("try", "infer")))
+
+    def set_hold_on_review(self, hold: bool) -> None:
+        """Hold (or release) fulls whose COR needs review; screens see the change through ``uid``."""
+        with self._lock:
+            if self.hold_on_review != bool(hold):
+                self.hold_on_review = bool(hold)
+                self.uid += 1
+
     def series_awaiting_fix(self) -> List[str]:
         """Series (barrier or auto-fix on) whose infers are all finished but Fix COR Outliers has not run."""
         with self._lock:

@@ -15,7 +15,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from tomocorioc.core import layout, sidecar
 from tomocorioc.core.jobs import Row, valid_cor
@@ -514,19 +514,19 @@ class Controller:
             v[f"Slot{i + 1}:Phase"] = (s.phase if r else _SLOT_WORDS[s.state]) if s else ""
             v[f"Slot{i + 1}:Elapsed"] = round(float(s.elapsed), 1) if r else 0.0
         sel = q.get(self.selected)
-        v.update(self._row_values("Selected", sel))
+        v.update(self._row_values("Selected", sel, held=bool(sel and q.held(sel))))
         v["Selected:Confidence"] = float(sel.confidence) if sel and sel.confidence is not None else None
         v["Selected:NeedsReview"] = int(bool(sel and sel.needs_review))
         v["Selected:Phase"] = (sel.current_phase or "") if sel else ""
         v["Selected:Geometry"] = sel.geometry if sel else ""
-        v["Selected:Error"] = (sel.error or sel.skipped or "") if sel else ""
+        v["Selected:Error"] = row_note(sel, held=bool(sel and q.held(sel))) if sel else ""
         v.update(self._tilt_values(sel))
         page = q.page(self.row_offset, PAGE_ROWS)
         colors = q.series_colors()
         for n in range(1, PAGE_ROWS + 1):
             r = page[n - 1] if n <= len(page) else None
             pre = f"Row{n:02d}"
-            v.update(self._row_values(pre, r, full_path=False))
+            v.update(self._row_values(pre, r, full_path=False, held=bool(r and q.held(r))))
             v[f"{pre}:SeriesColor"] = colors.get(r.series, 0) if r else 0
         return v
 
@@ -540,8 +540,11 @@ class Controller:
                 "Selected:TiltStatus": status}
 
     @staticmethod
-    def _row_values(pre: str, r: Optional[Row], full_path: bool = True) -> Dict[str, Any]:
-        """A row's PVs; an absent COR is None (shown as NaN, INVALID), texts cut to what a stringin holds."""
+    def _row_values(pre: str, r: Optional[Row], full_path: bool = True, held: bool = False) -> Dict[str, Any]:
+        """A row's PVs; an absent COR is None (shown as NaN, INVALID), texts cut to what a stringin holds.
+
+        ``held``: the row's full waits for the operator's review; it shows as "review", not "queued".
+        """
         if r is None:
             out: Dict[str, Any] = {f"{pre}:Cor": None, f"{pre}:CorSource": "", f"{pre}:Status": 0,
                                    f"{pre}:Series": "", f"{pre}:Enable": 0}
@@ -549,31 +552,46 @@ class Controller:
                 out.update({f"{pre}:File": "", f"{pre}:Error": ""})
             return out
         out = {f"{pre}:Cor": float(r.cor) if r.cor is not None else None, f"{pre}:CorSource": r.cor_source or "",
-               f"{pre}:Status": ROW_STATUSES.index(r.status) if r.status in ROW_STATUSES else 0,
+               f"{pre}:Status": ROW_STATUSES.index(row_status(r, held)),
                f"{pre}:Series": short(r.series), f"{pre}:Enable": int(r.enabled)}
         if not full_path:
             out[f"{pre}:File"] = Path(r.path).name
             # the row names its file: "try: missing dataset ..." fits a stringin, "try: /data/.../x.h5: ..." did not
-            out[f"{pre}:Error"] = short((r.error or r.skipped or "").replace(f"{r.path}: ", ""))
+            out[f"{pre}:Error"] = short(row_note(r, held).replace(f"{r.path}: ", ""))
         return out
 
 
-def queue_table(rows: List[Row]) -> Dict[str, List[Any]]:
-    """Columns of the PVA Queue NTTable."""
+HELD_NOTE = "full held: COR needs review (AcceptCor or set a COR)"
+
+
+def row_status(r: Row, held: bool = False) -> str:
+    """The word screens show: a row whose full waits for review is "review", not "queued"."""
+    word = "review" if held else r.status
+    return word if word in ROW_STATUSES else "idle"
+
+
+def row_note(r: Row, held: bool = False) -> str:
+    """The row's error or skip reason; for a held row, what the operator must do."""
+    return r.error or r.skipped or (HELD_NOTE if held else "")
+
+
+def queue_table(rows: List[Row], held: Optional[Set[int]] = None) -> Dict[str, List[Any]]:
+    """Columns of the PVA Queue NTTable; ``held``: ids of rows whose full waits for review."""
+    held = held or set()
     cols: Dict[str, List[Any]] = {k: [] for k in ("file", "series", "status", "phase", "cor", "cor_source",
                                                   "confidence", "needs_review", "enabled", "error", "updated",
                                                   "geometry")}
     for r in rows:
         cols["file"].append(r.path)
         cols["series"].append(r.series)
-        cols["status"].append(r.status)
+        cols["status"].append(row_status(r, r.id in held))
         cols["phase"].append(r.current_phase or "")
         cols["cor"].append(float(r.cor) if r.cor is not None else float("nan"))
         cols["cor_source"].append(r.cor_source or "")
         cols["confidence"].append(float(r.confidence) if r.confidence is not None else float("nan"))
         cols["needs_review"].append(bool(r.needs_review))
         cols["enabled"].append(bool(r.enabled))
-        cols["error"].append(r.error or r.skipped or "")
+        cols["error"].append(row_note(r, r.id in held))
         cols["updated"].append(time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(r.updated)))
         cols["geometry"].append(r.geometry)
     return cols

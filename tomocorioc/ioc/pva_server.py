@@ -144,8 +144,9 @@ class PvaPublisher:
         q = service.queue
         if q.uid != self._queue_uid:
             self._queue_uid = q.uid
-            self.server.update(self.names["Queue"], nttable(_QUEUE_TYPES, queue_table(q.rows()),
-                                                            f"{len(q.rows())} rows"))
+            rows = q.rows()
+            held = {r.id for r in rows if q.held(r)}
+            self.server.update(self.names["Queue"], nttable(_QUEUE_TYPES, queue_table(rows, held), f"{len(rows)} rows"))
         new = [e for e in list(service.finished_events) if e.get("seq", 0) > self._seq and e.get("success")]
         if not new:
             return

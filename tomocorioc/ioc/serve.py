@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import ipaddress
 import logging
 import os
 import re
@@ -252,6 +253,8 @@ def check_arguments(args: argparse.Namespace) -> None:
     except OSError as exc:
         raise UsageError(f"--state {args.state}: cannot use it as the state directory ({exc.strerror or exc})") \
             from None
+    for addr in args.interface:
+        check_interface(addr)
     missing = [str(r) for r in list(args.data_root) + list(args.watch) if not r.is_dir()]
     if missing:
         raise UsageError(f"data root is not a directory: {missing[0]}")
@@ -272,6 +275,17 @@ def check_arguments(args: argparse.Namespace) -> None:
     for prefix in args.tomolog_allow:
         if not prefix.startswith("https://"):
             raise UsageError(f"--tomolog-allow: not an https:// URL prefix: {prefix!r}")
+
+
+def check_interface(addr: str) -> None:
+    """UsageError unless ``addr`` is an IPv4 address CA and PVA can bind here (all, loopback or this host's)."""
+    try:
+        ipaddress.IPv4Address(addr)
+    except ValueError:
+        raise UsageError(f"--interface {addr!r}: not an IPv4 address (e.g. 127.0.0.1 or 0.0.0.0)") from None
+    here = ipv4_addresses()
+    if addr != "0.0.0.0" and not addr.startswith("127.") and here and addr not in here:
+        raise UsageError(f"--interface {addr}: not an address of this host (it has {', '.join(here)})")
 
 
 def run_serve(args: argparse.Namespace) -> int:

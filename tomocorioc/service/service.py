@@ -300,7 +300,7 @@ class Service:
             self.settings, self.settings_generation = new, generation
             self.queue.max_retries = new.max_retries
             self.queue.series_barrier, self.queue.auto_fix = new.series_barrier, new.auto_fix_outliers
-            self.queue.hold_on_review = new.hold_full_on_review
+            self.queue.set_hold_on_review(new.hold_full_on_review)
             self.dispatcher.timeouts = dict(new.timeouts)
         self.dispatcher.wake()
 
