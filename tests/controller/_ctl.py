@@ -14,13 +14,12 @@ from tomocorioc.core.settings import ServiceSettings
 from tomocorioc.core.spec import get_path
 from tomocorioc.ioc.controller import Controller
 from tomocorioc.ioc.convert import Number, NumberText, PutError, Text
-from tomocorioc.ioc.pvdefs import PVDef, Role, by_name, pv_table
+from tomocorioc.ioc.pvdefs import PVDef, Role, pv_table
 from tomocorioc.service.preflight import preflight
 from tomocorioc.service.service import Service
 from tomocorioc.testing.fakes import FakeDispatcher
 
 TABLE = pv_table()
-DEFS = by_name()
 SETTINGS = [p for p in TABLE if p.role is Role.SETTING]
 NUMERIC = [p for p in SETTINGS if isinstance(p.conv, (Number, NumberText))]
 ENUMS = [p for p in SETTINGS if p.kind.is_enum]

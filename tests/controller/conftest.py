@@ -37,6 +37,7 @@ def data(root: Path) -> Path:
 
 @pytest.fixture
 def svc():
+    """A real Service (in-memory state) on a FakeDispatcher; stopped after the test."""
     s = make_service()
     yield s
     s.stop()
