@@ -79,16 +79,9 @@ def test_autosave_round_trip_restores_every_setting_and_nothing_else(tmp_path: P
     assert set(saved) == {f"AS:{p.name}" for p in SETTINGS}
 
     svc2, ctl2, group2 = _ioc(data, autosave)
-
-    async def restart() -> None:
-        await group2.publish_settings()
-        await group2.autosave_helper.restore_from_file(autosave)      # what the startup hook does
-        await _cancel_the_rest()
     try:
-        asyncio.run(restart())
+        _restore(svc2, group2, autosave)
     finally:
-        group2.close(wait=True)
-        svc2.stop()
         svc.stop()
     assert ctl2.setting_values() == wanted
     assert svc2.settings == svc.settings

@@ -448,11 +448,15 @@ class JobQueue:
             return running
 
     # -- dispatch ----------------------------------------------------------------
+    @staticmethod
+    def _after_predecessors(r: Row, phase: str) -> bool:
+        """Every phase before ``phase`` finished or is off."""
+        return all(r.state[p] in FINISHED_OK or r.state[p] is PhaseState.OFF for p in PHASES[:PHASES.index(phase)])
+
     def _ready(self, r: Row, phase: str) -> bool:
         """Predecessors of ``phase`` finished (or off), and its own rules hold."""
-        for p in PHASES[:PHASES.index(phase)]:
-            if r.state[p] not in FINISHED_OK and r.state[p] is not PhaseState.OFF:
-                return False
+        if not self._after_predecessors(r, phase):
+            return False
         if phase == "full" and self.series_barrier and r.series not in self.fixed_series:
             return False
         if phase == "full" and self.hold_on_review and r.needs_review:
@@ -462,8 +466,7 @@ class JobQueue:
     def held(self, r: Row) -> bool:
         """The row's full waits only for an operator: its COR needs review and fulls are held for it."""
         return (self.hold_on_review and r.needs_review and r.enabled and not r.skipped
-                and r.state["full"] is PhaseState.QUEUED and r.running_phase is None
-                and all(r.state[p] in FINISHED_OK or r.state[p] is PhaseState.OFF for p in ("try", "infer")))
+                and r.state["full"] is PhaseState.QUEUED and self._after_predecessors(r, "full"))
 
     def set_hold_on_review(self, hold: bool) -> None:
         """Hold (or release) fulls whose COR needs review; screens see the change through ``uid``."""

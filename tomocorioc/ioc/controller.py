@@ -514,19 +514,20 @@ class Controller:
             v[f"Slot{i + 1}:Phase"] = (s.phase if r else _SLOT_WORDS[s.state]) if s else ""
             v[f"Slot{i + 1}:Elapsed"] = round(float(s.elapsed), 1) if r else 0.0
         sel = q.get(self.selected)
-        v.update(self._row_values("Selected", sel, held=bool(sel and q.held(sel))))
+        sel_held = sel is not None and q.held(sel)
+        v.update(self._row_values("Selected", sel, held=sel_held))
         v["Selected:Confidence"] = float(sel.confidence) if sel and sel.confidence is not None else None
         v["Selected:NeedsReview"] = int(bool(sel and sel.needs_review))
         v["Selected:Phase"] = (sel.current_phase or "") if sel else ""
         v["Selected:Geometry"] = sel.geometry if sel else ""
-        v["Selected:Error"] = row_note(sel, held=bool(sel and q.held(sel))) if sel else ""
+        v["Selected:Error"] = row_note(sel, held=sel_held) if sel else ""
         v.update(self._tilt_values(sel))
         page = q.page(self.row_offset, PAGE_ROWS)
         colors = q.series_colors()
         for n in range(1, PAGE_ROWS + 1):
             r = page[n - 1] if n <= len(page) else None
             pre = f"Row{n:02d}"
-            v.update(self._row_values(pre, r, full_path=False, held=bool(r and q.held(r))))
+            v.update(self._row_values(pre, r, full_path=False, held=r is not None and q.held(r)))
             v[f"{pre}:SeriesColor"] = colors.get(r.series, 0) if r else 0
         return v
 

@@ -280,11 +280,13 @@ def check_arguments(args: argparse.Namespace) -> None:
 def check_interface(addr: str) -> None:
     """UsageError unless ``addr`` is an IPv4 address CA and PVA can bind here (all, loopback or this host's)."""
     try:
-        ipaddress.IPv4Address(addr)
+        ip = ipaddress.IPv4Address(addr)
     except ValueError:
         raise UsageError(f"--interface {addr!r}: not an IPv4 address (e.g. 127.0.0.1 or 0.0.0.0)") from None
+    if ip.is_unspecified or ip.is_loopback:
+        return
     here = ipv4_addresses()
-    if addr != "0.0.0.0" and not addr.startswith("127.") and here and addr not in here:
+    if here and addr not in here:
         raise UsageError(f"--interface {addr}: not an address of this host (it has {', '.join(here)})")
 
 
